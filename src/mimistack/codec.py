@@ -1,0 +1,342 @@
+"""`Codec`: the public API for encoding audio to token grids and decoding any subset of levels back.
+
+Sits on `engine/` (the backends), `tokens`, `levels`, `weights` and `audio`; used by `ops`, `analysis`, `stream`,
+the CLI, the server and `corpus`.
+
+    codec = Codec.load("kyutai/mimi")               # or a local .safetensors, or "random" for tests
+    grid = codec.encode(pcm)                         # float32 [N] at 24 kHz -> TokenGrid, all 32 levels
+    pcm = codec.decode(grid, levels="0-7")           # any subset; output as long as the input
+
+Batch calls are processed in chunks of `chunk_frames` frames with the model state carried across chunks, so
+memory stays flat in input length; the result is the same function as one pass over the whole input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import validate_pcm
+from .config import MimiConfig
+from .engine.base import CacheMode, Engine, EngineError
+from .levels import Levels, LevelsLike
+from .tokens import TokenGrid, TokenGridError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "kyutai/mimi"
+RANDOM_WEIGHTS = ("random", "random-tiny")
+DEFAULT_CHUNK_FRAMES = 250  # 20 s: large enough for throughput, small enough for bounded memory
+
+
+class CodecError(ValueError):
+    """A request the codec cannot serve (bad input, levels that are not there, closed stream)."""
+
+
+def random_weights_path(name: str = "random", seed: int = 0) -> Path:
+    """A cached random checkpoint of the official ("random") or tiny ("random-tiny") architecture."""
+    from .testing import write_random_checkpoint
+
+    config = "tiny" if name == "random-tiny" else "official"
+    folder = Path(os.environ.get("MIMISTACK_CACHE", Path.home() / ".cache" / "mimistack"))
+    path = folder / f"random-{config}-seed{seed}.safetensors"
+    if not path.exists():
+        logger.warning("writing a random %s checkpoint to %s (audio decoded with it is meaningless)", config, path)
+        write_random_checkpoint(path, config, seed=seed)
+    return path
+
+
+class Codec:
+    """Mimi encode/decode on one engine. Create with `Codec.load(...)`."""
+
+    def __init__(self, engine: Engine, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES, source: str = "") -> None:
+        if chunk_frames <= 0:
+            raise CodecError(f"chunk_frames must be positive, got {chunk_frames}")
+        self.engine = engine
+        self.chunk_frames = chunk_frames
+        self.source = source
+
+    @classmethod
+    def load(cls, weights: str | os.PathLike[str] = DEFAULT_WEIGHTS, *, engine: str = "torch", device: str = "cpu",
+             revision: str | None = None, dtype: str = "float32", onnx_dir: str | os.PathLike[str] | None = None,
+             chunk_frames: int = DEFAULT_CHUNK_FRAMES, num_threads: int | None = None) -> Codec:
+        """Load weights (local file, hub id, or "random"/"random-tiny") on an engine ("torch" or "onnx")."""
+        source = os.fspath(weights)
+        if source in RANDOM_WEIGHTS:
+            weights = random_weights_path(source)
+        if engine == "torch":
+            from .engine.torch import TorchEngine
+            from .weights import load_weights
+
+            backend: Engine = TorchEngine(load_weights(weights, revision=revision), device=device, dtype=dtype,
+                                          num_threads=num_threads)
+        elif engine == "onnx":
+            from .engine.onnx import load_onnx_engine
+
+            backend = load_onnx_engine(weights=None if onnx_dir is not None and source == DEFAULT_WEIGHTS else weights,
+                                       onnx_dir=onnx_dir, revision=revision, device=device,
+                                       num_threads=num_threads)
+        else:
+            raise EngineError(f"unknown engine {engine!r}; expected 'torch' or 'onnx'")
+        return cls(backend, chunk_frames=chunk_frames, source=source)
+
+    # -- description ----------------------------------------------------------------------------------------
+    @property
+    def config(self) -> MimiConfig:
+        return self.engine.config
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def frame_size(self) -> int:
+        return self.config.frame_size
+
+    @property
+    def num_levels(self) -> int:
+        return self.config.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.engine.weights_sha256
+
+    def __repr__(self) -> str:
+        return (f"Codec(engine={self.engine.name!r}, source={self.source!r}, "
+                f"weights_sha256={self.weights_sha256[:12]}…, levels={self.num_levels})")
+
+    # -- encode ---------------------------------------------------------------------------------------------
+    def encode(self, pcm: Any) -> TokenGrid:
+        """float32 pcm `[N]` at 24 kHz -> a TokenGrid with all levels, `ceil(N / 1920)` frames."""
+        return self.encode_batch([pcm])[0]
+
+    def encode_batch(self, pcms: Sequence[Any]) -> list[TokenGrid]:
+        """Several utterances in one batch (padded to the longest; each grid trimmed to its own length)."""
+        signals = [validate_pcm(p) for p in pcms]
+        if not signals:
+            return []
+        lengths = [len(s) for s in signals]
+        frames = [-(-n // self.frame_size) for n in lengths]
+        batch = np.zeros((len(signals), 1, max(frames) * self.frame_size), dtype=np.float32)
+        for row, signal in enumerate(signals):
+            batch[row, 0, :len(signal)] = signal
+        codes = self._encode_frames(batch)
+        return [self._grid(codes[row, :, :frames[row]], lengths[row]) for row in range(len(signals))]
+
+    def _encode_frames(self, batch: np.ndarray) -> np.ndarray:
+        total = batch.shape[-1] // self.frame_size
+        state = self.engine.init_encoder_state(batch.shape[0], "window")
+        parts = []
+        for start in range(0, total, self.chunk_frames):
+            stop = min(total, start + self.chunk_frames)
+            part, state = self.engine.encode(batch[..., start * self.frame_size:stop * self.frame_size], state,
+                                             "window")
+            parts.append(part)
+        if not parts:
+            return np.zeros((batch.shape[0], self.num_levels, 0), dtype=np.int64)
+        return np.concatenate(parts, axis=-1)
+
+    def _grid(self, codes: np.ndarray, num_samples: int) -> TokenGrid:
+        return TokenGrid(codes=codes.astype(np.uint16), num_samples=num_samples, sample_rate=self.sample_rate,
+                         frame_rate=self.frame_rate, codebook_size=self.codebook_size,
+                         weights_sha256=self.weights_sha256)
+
+    # -- decode ---------------------------------------------------------------------------------------------
+    def decode(self, grid: TokenGrid, levels: LevelsLike = None) -> np.ndarray:
+        """Decode the chosen levels (default: all the grid holds) -> float32 pcm `[grid.num_samples]`.
+
+        A level left out contributes nothing to the latent sum (it is not the same as setting its codes to 0).
+        Non-prefix subsets are valid arithmetic but outside what the decoder was trained on: experimental.
+        """
+        return self.decode_batch([grid], levels)[0]
+
+    def decode_batch(self, grids: Sequence[TokenGrid], levels: LevelsLike = None) -> list[np.ndarray]:
+        if not grids:
+            return []
+        selections = [self._levels_for(grid, levels) for grid in grids]
+        if len(set(selections)) != 1:
+            raise CodecError("grids in one decode_batch call must share the selected levels")
+        selected = selections[0]
+        frames = [g.num_frames for g in grids]
+        codes = np.zeros((len(grids), self.num_levels, max(frames)), dtype=np.int64)
+        for row, grid in enumerate(grids):
+            codes[row, :, :grid.num_frames] = grid.codes
+        pcm = self._decode_frames(codes, selected)
+        return [pcm[row, 0, :grid.num_samples].copy() for row, grid in enumerate(grids)]
+
+    def decode_codes(self, codes: np.ndarray, levels: LevelsLike = None, num_samples: int | None = None) -> np.ndarray:
+        """Decode raw codes `[num_levels, T]` -> pcm `[num_samples or T*1920]`."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[0] != self.num_levels:
+            raise CodecError(f"codes must be [{self.num_levels}, T], got shape {codes.shape}")
+        selected = Levels.parse(levels, self.num_levels)
+        pcm = self._decode_frames(codes[None].astype(np.int64), selected)[0, 0]
+        return pcm if num_samples is None else pcm[:num_samples]
+
+    def _levels_for(self, grid: TokenGrid, levels: LevelsLike) -> Levels:
+        if grid.num_levels != self.num_levels:
+            raise CodecError(f"grid has {grid.num_levels} levels, this model has {self.num_levels}")
+        if grid.codebook_size != self.codebook_size:
+            raise CodecError(f"grid tokens come from a codebook of {grid.codebook_size}, "
+                             f"this model's has {self.codebook_size}")
+        if grid.weights_sha256 and grid.weights_sha256 != self.weights_sha256:
+            logger.warning("grid was encoded with weights %s…, decoding with %s…", grid.weights_sha256[:12],
+                           self.weights_sha256[:12])
+        try:
+            return grid.check_levels(grid.present if levels is None else levels)
+        except TokenGridError as error:
+            raise CodecError(str(error)) from error
+
+    def _decode_frames(self, codes: np.ndarray, levels: Levels) -> np.ndarray:
+        total = codes.shape[-1]
+        state = self.engine.init_decoder_state(codes.shape[0], "window")
+        parts = []
+        for start in range(0, total, self.chunk_frames):
+            part, state = self.engine.decode(codes[..., start:min(total, start + self.chunk_frames)], levels, state,
+                                             "window")
+            parts.append(part)
+        if not parts:
+            return np.zeros((codes.shape[0], 1, 0), dtype=np.float32)
+        return np.concatenate(parts, axis=-1)
+
+    def roundtrip(self, pcm: Any, levels: LevelsLike = None) -> np.ndarray:
+        return self.decode(self.encode(pcm), levels)
+
+    # -- streaming ------------------------------------------------------------------------------------------
+    def stream_encoder(self, mode: CacheMode = "window") -> StreamEncoder:
+        """A causal encoder that takes pcm chunks of any size and emits each 80 ms frame once it is complete."""
+        return StreamEncoder(self, mode)
+
+    def stream_decoder(self, levels: LevelsLike = None, mode: CacheMode = "window") -> StreamDecoder:
+        """A causal decoder: frames of codes in, 1920 samples per frame out; the level set may change per call."""
+        return StreamDecoder(self, Levels.parse(levels, self.num_levels), mode)
+
+
+def _chunks(done: int, count: int, step: int) -> list[tuple[int, int]]:
+    """Split `count` new frames into runs that end on absolute multiples of `step` (frames since the stream
+    started), so a stream fed in aligned pieces is cut exactly where batch processing cuts it."""
+    runs = []
+    start = 0
+    while start < count:
+        stop = min(count, start + step - (done + start) % step)
+        runs.append((start, stop))
+        start = stop
+    return runs
+
+
+class StreamEncoder:
+    """Streaming encode with explicit state. `push(pcm)` -> codes uint16 `[num_levels, n]` for the frames completed
+    by this chunk (n may be 0); `flush()` pads the last partial frame with zeros and emits it.
+
+    `mode="window"` (default) computes exactly what batch `encode` computes; `mode="moshi"` reproduces moshi's
+    streaming bit for bit (frames are then processed one at a time, as moshi does).
+    """
+
+    def __init__(self, codec: Codec, mode: CacheMode = "window") -> None:
+        self.codec = codec
+        self.mode: CacheMode = mode
+        self._state = codec.engine.init_encoder_state(1, mode)
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._codes: list[np.ndarray] = []
+        self.samples_received = 0
+        self.closed = False
+
+    @property
+    def frames_emitted(self) -> int:
+        return sum(c.shape[1] for c in self._codes)
+
+    def push(self, pcm: Any) -> np.ndarray:
+        if self.closed:
+            raise CodecError("this stream encoder was flushed; start a new one")
+        chunk = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if chunk.size and not np.isfinite(chunk).all():
+            raise CodecError("pcm chunk holds NaN or infinite samples")
+        self.samples_received += chunk.size
+        self._buffer = np.concatenate([self._buffer, chunk]) if self._buffer.size else chunk.copy()
+        frame_size = self.codec.frame_size
+        ready = self._buffer.size // frame_size
+        if ready == 0:
+            return np.zeros((self.codec.num_levels, 0), dtype=np.uint16)
+        frames, self._buffer = self._buffer[:ready * frame_size], self._buffer[ready * frame_size:]
+        return self._encode(frames)
+
+    def flush(self) -> np.ndarray:
+        """Emit the last, zero-padded partial frame (if any) and close the stream."""
+        if self.closed:
+            return np.zeros((self.codec.num_levels, 0), dtype=np.uint16)
+        self.closed = True
+        if self._buffer.size == 0:
+            return np.zeros((self.codec.num_levels, 0), dtype=np.uint16)
+        frame = np.zeros(self.codec.frame_size, dtype=np.float32)
+        frame[:self._buffer.size] = self._buffer
+        self._buffer = np.zeros(0, dtype=np.float32)
+        return self._encode(frame)
+
+    def _encode(self, samples: np.ndarray) -> np.ndarray:
+        frame_size = self.codec.frame_size
+        total = samples.size // frame_size
+        out = []
+        for start, stop in _chunks(self.frames_emitted, total, 1 if self.mode == "moshi" else self.codec.chunk_frames):
+            pcm = samples[start * frame_size:stop * frame_size].reshape(1, 1, -1)
+            codes, self._state = self.codec.engine.encode(pcm, self._state, self.mode)
+            out.append(codes[0])
+        codes = np.concatenate(out, axis=-1).astype(np.uint16)
+        self._codes.append(codes)
+        return codes
+
+    def grid(self) -> TokenGrid:
+        """Every frame emitted so far as a TokenGrid (after `flush()`, the whole input)."""
+        codes = (np.concatenate(self._codes, axis=-1) if self._codes
+                 else np.zeros((self.codec.num_levels, 0), dtype=np.uint16))
+        num_samples = self.samples_received if self.closed else codes.shape[1] * self.codec.frame_size
+        return self.codec._grid(codes, num_samples)
+
+
+class StreamDecoder:
+    """Streaming decode with explicit state: `push(codes [num_levels, n])` -> pcm float32 `[n * 1920]`.
+
+    `levels` may be changed between calls (`push(codes, levels=...)`), as a progressive receiver does when more
+    or fewer levels arrive.
+    """
+
+    def __init__(self, codec: Codec, levels: Levels, mode: CacheMode = "window") -> None:
+        self.codec = codec
+        self.levels = levels
+        self.mode: CacheMode = mode
+        self._state = codec.engine.init_decoder_state(1, mode)
+        self.frames_received = 0
+
+    def push(self, codes: Any, levels: LevelsLike = None) -> np.ndarray:
+        array = np.asarray(codes)
+        if array.ndim == 1:
+            array = array[:, None]
+        if array.ndim != 2 or array.shape[0] != self.codec.num_levels:
+            raise CodecError(f"codes must be [{self.codec.num_levels}, n], got shape {array.shape}")
+        if array.size and (array.min() < 0 or array.max() >= self.codec.codebook_size):
+            raise CodecError(f"tokens must lie in 0-{self.codec.codebook_size - 1}")
+        if levels is not None:
+            self.levels = Levels.parse(levels, self.codec.num_levels)
+        if array.shape[1] == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = []
+        step = 1 if self.mode == "moshi" else self.codec.chunk_frames
+        for start, stop in _chunks(self.frames_received, array.shape[1], step):
+            part = array[None, :, start:stop].astype(np.int64)
+            pcm, self._state = self.codec.engine.decode(part, self.levels, self._state, self.mode)
+            out.append(pcm[0, 0])
+        self.frames_received += array.shape[1]
+        return np.concatenate(out)
+

@@ -1,0 +1,142 @@
+"""`TokenGrid`: the 32 x T grid of Mimi tokens for one utterance, with its provenance.
+
+Sits on `config` and `levels`; `container` reads and writes it as `.mimi` files; engines produce and consume it;
+`ops` edits it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import CODEBOOK_SIZE, FRAME_RATE, NUM_LEVELS, SAMPLE_RATE
+from .levels import Levels, LevelsLike
+
+
+class TokenGridError(ValueError):
+    """A token grid whose contents contradict its description."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenGrid:
+    """Tokens of one utterance.
+
+    `codes`: uint16 `[num_levels, T]` (row i = level i). Rows of levels not in `levels_present` (for example after
+    a truncated file was read) hold zeros and must not be decoded; `levels_present` says which rows are real.
+    `num_samples`: length of the source audio at `sample_rate`; decoding trims to it.
+    """
+
+    codes: np.ndarray
+    num_samples: int
+    sample_rate: int = SAMPLE_RATE
+    frame_rate: float = FRAME_RATE
+    codebook_size: int = CODEBOOK_SIZE
+    weights_sha256: str = ""
+    levels_present: tuple[int, ...] | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        codes = np.asarray(self.codes)
+        if codes.ndim != 2:
+            raise TokenGridError(f"codes must be [num_levels, T], got shape {codes.shape}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise TokenGridError(f"tokens must lie in 0-{self.codebook_size - 1}, "
+                                 f"got {int(codes.min())}..{int(codes.max())}")
+        codes = np.ascontiguousarray(codes, dtype=np.uint16)
+        codes.setflags(write=False)
+        object.__setattr__(self, "codes", codes)
+        if self.num_samples < 0:
+            raise TokenGridError(f"num_samples must be >= 0, got {self.num_samples}")
+        frame_size = self.sample_rate / self.frame_rate
+        expected = int(np.ceil(self.num_samples / frame_size)) if self.num_samples else 0
+        if expected != codes.shape[1]:
+            raise TokenGridError(
+                f"{codes.shape[1]} frames do not match {self.num_samples} samples "
+                f"(expected {expected} frames of {frame_size:g} samples)")
+        present = tuple(range(codes.shape[0])) if self.levels_present is None else tuple(
+            sorted(set(int(i) for i in self.levels_present)))
+        if any(not 0 <= i < codes.shape[0] for i in present):
+            raise TokenGridError(f"levels_present {present} out of range for {codes.shape[0]} levels")
+        object.__setattr__(self, "levels_present", present)
+        object.__setattr__(self, "metadata", dict(self.metadata))
+
+    # -- shape ----------------------------------------------------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def duration(self) -> float:
+        """Seconds of source audio."""
+        return self.num_samples / self.sample_rate
+
+    @property
+    def frame_size(self) -> int:
+        return int(round(self.sample_rate / self.frame_rate))
+
+    @property
+    def present(self) -> Levels:
+        return Levels(tuple(self.levels_present or ()), self.num_levels)
+
+    def bitrate(self, levels: LevelsLike = None) -> float:
+        """Bits per second of the chosen levels with fixed-width tokens (137.5 bit/s per level for Mimi)."""
+        count = len(Levels.parse(levels, self.num_levels))
+        return count * self.frame_rate * float(np.log2(self.codebook_size))
+
+    def check_levels(self, levels: LevelsLike) -> Levels:
+        """Parse `levels` and make sure every one of them is present in this grid."""
+        selected = Levels.parse(levels, self.num_levels)
+        missing = [i for i in selected if i not in (self.levels_present or ())]
+        if missing:
+            raise TokenGridError(
+                f"level(s) {missing} are not in this grid (it holds {self.present}); "
+                "the file may have been truncated")
+        return selected
+
+    # -- edits (return new grids) -------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> TokenGrid:
+        return dataclasses.replace(self, **changes)
+
+    def with_levels(self, levels: LevelsLike) -> TokenGrid:
+        """Keep only `levels`: the other rows are zeroed and marked absent."""
+        selected = self.check_levels(levels)
+        codes = np.zeros_like(self.codes)
+        keep = list(selected)
+        codes[keep] = self.codes[keep]
+        return self.replace(codes=codes, levels_present=tuple(keep))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenGrid):
+            return NotImplemented
+        return (np.array_equal(self.codes, other.codes) and self.num_samples == other.num_samples
+                and self.sample_rate == other.sample_rate and self.frame_rate == other.frame_rate
+                and self.codebook_size == other.codebook_size and self.weights_sha256 == other.weights_sha256
+                and self.levels_present == other.levels_present)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- files ----------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, force: bool = False, **options: Any) -> Path:
+        """Write a `.mimi` file atomically (see `docs/format.md`); refuses to overwrite unless `force`."""
+        from .container import write_grid
+
+        return write_grid(self, path, force=force, **options)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TokenGrid:
+        """Read a `.mimi` file; a truncated file gives the levels it holds (with a warning)."""
+        from .container import read_grid
+
+        return read_grid(path)
+
+
+def empty_grid(num_levels: int = NUM_LEVELS, **kwargs: Any) -> TokenGrid:
+    return TokenGrid(codes=np.zeros((num_levels, 0), dtype=np.uint16), num_samples=0, **kwargs)

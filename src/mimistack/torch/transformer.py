@@ -1,0 +1,182 @@
+"""Causal sliding-window transformer of the Mimi reference model, with an explicit KV-cache state.
+
+Sits on `config`; used by `mimi`. Keys match Kyutai's checkpoint: `transformer.layers.N.self_attn.in_proj_weight`,
+`self_attn.out_proj.weight`, `norm1`, `norm2`, `linear1`, `linear2`, `layer_scale_1.scale`, `layer_scale_2.scale`.
+
+Attention: interleaved RoPE (pairs (x0, x1), (x2, x3), ...), a causal mask limited to `context` steps (in batch
+mode too). Streaming state per layer: keys and values of the last `context` steps `[B, H, context, D]`; plus one
+`offset` `[1]` (int64) for the whole stack: the absolute position of the next step. Cache slots whose position
+would be negative are masked, so the initial state is all zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import MimiConfig
+from .conv import State
+
+
+def apply_rope(q: Tensor, k: Tensor, offset: Tensor, max_period: float) -> tuple[Tensor, Tensor]:
+    """Rotate interleaved pairs of q, k `[B, H, T, D]` by position `offset + t` (computed as Kyutai does)."""
+    _, _, steps, dim = q.shape
+    ds = torch.arange(dim // 2, device=q.device, dtype=torch.float32)
+    freqs = torch.exp(ds * (-math.log(max_period) * 2 / dim))
+    ts = offset.float().view(-1, 1) + torch.arange(steps, device=q.device, dtype=torch.float32)
+    ts = ts.view(-1, 1, steps, 1)
+    rotr = torch.cos(freqs * ts)
+    roti = torch.sin(freqs * ts)
+
+    def rotate(x: Tensor) -> Tensor:
+        pairs = x.view(*x.shape[:-1], dim // 2, 2)
+        xr, xi = pairs[..., 0].float(), pairs[..., 1].float()
+        out_r = xr * rotr - xi * roti
+        out_i = xr * roti + xi * rotr
+        return torch.stack([out_r.to(x.dtype), out_i.to(x.dtype)], dim=-1).view(x.shape)
+
+    return rotate(q), rotate(k)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float = 0.01) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x
+
+
+class SelfAttention(nn.Module):
+    """Multi-head causal self-attention with a `context`-step window. x `[B, T, C]` -> `[B, T, C]`."""
+
+    def __init__(self, config: MimiConfig) -> None:
+        super().__init__()
+        dim = config.dimension
+        self.num_heads = config.num_heads
+        self.context = config.context
+        self.max_period = config.max_period
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, offset: Tensor, cache: State | None, mode: str = "window") -> tuple[Tensor, State]:
+        """`mode` says how a cache is kept (see `ProjectedTransformer`); `cache=None` is the start of a stream."""
+        batch, steps, dim = x.shape
+        heads = self.num_heads
+        qkv = F.linear(x, self.in_proj_weight).view(batch, steps, 3, heads, dim // heads)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k = apply_rope(q, k, offset, self.max_period)
+        pos_q = offset.view(-1, 1) + torch.arange(steps, device=x.device).view(-1, 1)  # [T, 1]
+        if mode == "ring" and cache is not None:
+            keys, values, pos_k = self._ring_write(cache, k, v, offset)
+            new_cache: State = (keys, values)
+        else:
+            if cache is None:
+                keys, values = k, v
+                pos_k = torch.arange(steps, device=x.device).view(1, -1)
+            else:
+                keys = torch.cat([cache[0], k], dim=2)
+                values = torch.cat([cache[1], v], dim=2)
+                pos_k = (offset - self.context + torch.arange(self.context + steps, device=x.device)).view(1, -1)
+            new_cache = self._keep_last(keys, values)
+            if mode == "moshi-window":
+                # What a ring of `context` slots keeps: keys older than the chunk's last `context` steps are gone.
+                pos_k = torch.where(pos_k > offset + steps - 1 - self.context, pos_k, -1)
+        delta = pos_q - pos_k
+        mask = (pos_k >= 0) & (delta >= 0) & (delta < self.context)
+        out = F.scaled_dot_product_attention(q, keys, values, mask)
+        out = out.transpose(1, 2).reshape(batch, steps, dim)
+        return self.out_proj(out), new_cache
+
+    def _ring_write(self, cache: State, k: Tensor, v: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Kyutai's ring KV cache: slot (offset + t) % context; returns keys, values, slot positions `[1, C]`.
+
+        Slot order and contents are exactly those of moshi's `RingKVCache`, so attention sums in the same order.
+        """
+        capacity = self.context
+        steps = k.shape[2]
+        index = (offset + torch.arange(steps, device=k.device)) % capacity
+        keys = cache[0].index_copy(2, index, k)
+        values = cache[1].index_copy(2, index, v)
+        slots = torch.arange(capacity, device=k.device)
+        last = offset + steps - 1
+        delta = slots - last % capacity
+        positions = torch.where(delta <= 0, last + delta, last + delta - capacity)
+        positions = torch.where(slots >= offset + steps, -1, positions)
+        return keys, values, positions.view(1, -1)
+
+    def _keep_last(self, keys: Tensor, values: Tensor) -> State:
+        length = keys.shape[2]
+        if length >= self.context:
+            return keys[:, :, -self.context:], values[:, :, -self.context:]
+        pad = (0, 0, self.context - length, 0)
+        return F.pad(keys, pad), F.pad(values, pad)
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config: MimiConfig) -> None:
+        super().__init__()
+        dim = config.dimension
+        self.self_attn = SelfAttention(config)
+        self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.linear1 = nn.Linear(dim, config.dim_feedforward, bias=False)
+        self.linear2 = nn.Linear(config.dim_feedforward, dim, bias=False)
+        self.layer_scale_1 = LayerScale(dim)
+        self.layer_scale_2 = LayerScale(dim)
+
+    def forward(self, x: Tensor, offset: Tensor, cache: State | None, mode: str = "window") -> tuple[Tensor, State]:
+        update, new_cache = self.self_attn(self.norm1(x), offset, cache, mode)
+        x = x + self.layer_scale_1(update)
+        x = x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+        return x, new_cache
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: MimiConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([TransformerLayer(config) for _ in range(config.num_layers)])
+
+
+class ProjectedTransformer(nn.Module):
+    """Conv layout in and out: `[B, C, T] -> [B, C, T]`.
+
+    State: `(offset [1] int64, k_0, v_0, k_1, v_1, ...)` with each cache `[B, H, context, D]`.
+
+    Cache modes, for a stream fed in chunks:
+    - `"window"`: the cache holds the last `context` steps in time order; every query sees exactly the keys that
+      batch mode shows it (delta < context). Used to process long inputs in chunks.
+    - `"ring"`: Kyutai's ring of `context` slots, bit-identical to moshi's streaming. A chunk of T steps overwrites
+      the oldest slots first, so once a stream is longer than `context` steps, the first T-1 queries of a chunk
+      see up to T-1 fewer old keys than in batch mode (moshi streaming behaves so too).
+    - `"moshi-window"`: the ring's arithmetic with a time-ordered cache (same keys, other summation order): for
+      graphs that cannot scatter (ONNX).
+    """
+
+    def __init__(self, config: MimiConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+        cfg = self.config
+        shape = (batch_size, cfg.num_heads, cfg.context, cfg.dimension // cfg.num_heads)
+        caches = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * cfg.num_layers)]
+        return (torch.zeros(1, device=device, dtype=torch.long), *caches)
+
+    def forward(self, x: Tensor, state: State | None = None, mode: str = "window") -> tuple[Tensor, State]:
+        if mode not in ("window", "ring", "moshi-window"):
+            raise ValueError(f"unknown cache mode {mode!r}")
+        x = x.transpose(1, 2)
+        offset = torch.zeros(1, device=x.device, dtype=torch.long) if state is None else state[0]
+        new_state: list[Tensor] = [offset + x.shape[1]]
+        for index, layer in enumerate(self.transformer.layers):
+            cache = None if state is None else (state[1 + 2 * index], state[2 + 2 * index])
+            x, (k, v) = layer(x, offset, cache, mode)
+            new_state += [k, v]
+        return x.transpose(1, 2), tuple(new_state)
