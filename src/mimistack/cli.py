@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"mimistack {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # noqa: BLE001 - every failure becomes one readable line and exit 1
+    except Exception as error:
         if args.verbose:
             raise
         print(f"mimistack {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)

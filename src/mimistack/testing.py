@@ -59,7 +59,7 @@ def random_state_dict(config: MimiConfig, seed: int = 0) -> dict[str, np.ndarray
 SPREAD = 0.3
 
 
-def _fit_codebooks(model, config: MimiConfig, generator, seed: int) -> None:  # noqa: ANN001 - torch types
+def _fit_codebooks(model, config: MimiConfig, generator, seed: int) -> None:
     import torch
 
     frames_wanted = 512

@@ -80,7 +80,7 @@ class TokenGrid:
 
     @property
     def frame_size(self) -> int:
-        return int(round(self.sample_rate / self.frame_rate))
+        return round(self.sample_rate / self.frame_rate)
 
     @property
     def present(self) -> Levels:

@@ -95,7 +95,7 @@ def _download(repo: str, filename: str | None, revision: str | None) -> Path:
                 logger.info("weights %s/%s%s from %s", repo, name, f"@{revision}" if revision else "",
                             "the local cache" if local_only else "the hub")
                 return found
-            except Exception as error:  # noqa: BLE001 - every failure is reported below
+            except Exception as error:
                 errors.append(f"{name} ({'cache' if local_only else 'hub'}): {type(error).__name__}")
     wanted = filename or HUB_FILENAMES[0]
     raise WeightsError(

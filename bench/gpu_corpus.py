@@ -1,0 +1,396 @@
+"""GPU batch throughput for corpus tokenization: the transformers reference MimiModel vs our torch engine vs a fast
+path, at batch 128 x 10 s, encode and decode, with code agreement against our fp32 engine.
+
+One self-contained script for a lent H100/H200 (needs nothing from the network; finishes inside `--budget`
+seconds, 210 by default). It writes a random official-size checkpoint (`mimistack.testing`), builds batch-128 x
+10 s audio (tiled speech when the samples are there, synthetic speech-like audio otherwise), then measures, each
+in its own try/except (one failure never stops the rest), with warm-up iterations and `torch.cuda.synchronize`:
+
+  hf fp32 / hf bf16      transformers.MimiModel(MimiConfig()) with our weights (`weights.to_transformers_layout`),
+                         `model.encode(x, num_quantizers=32)` / `model.decode(codes)`, bf16 = autocast
+  ours fp32 / ours bf16  `Codec.load(path, device="cuda", dtype=...)`, `encode_batch` / `decode_batch` (numpy in and
+                         out: host<->device copies included, as in the corpus pipeline's actors)
+  fast bf16              our model with SEANet + transformer weights in bf16 (no autocast casts), the quantizer
+                         in strict fp32 (no TF32), cuDNN autotuning, `torch.compile` of the SEANet/transformer
+                         stacks (fuses the ELU/pad/residual/LayerScale/RoPE elementwise work), pinned-memory
+                         transfers; codes copied back to the host
+  fast tf32              the same with fp32 weights and TF32 tensor cores for convolutions and matmuls (the
+                         quantizer still strict fp32): slower than bf16, closer to fp32 codes
+
+Reference codes: our fp32 engine with TF32 off everywhere ("strict", as on a CPU). Agreement = % of the 32 x T
+tokens equal to those; decode quality = SNR (dB) of each path's pcm against our fp32 decode of the same codes.
+
+    PYTHONPATH=src python3 bench/gpu_corpus.py                     # on the GPU machine (see requirements-gpu.txt)
+    python bench/gpu_corpus.py --device cpu --quick               # proves it runs, tiny sizes, anywhere
+
+Uses `mimistack.testing`, `mimistack.weights`, `mimistack.codec`, `mimistack.torch.mimi`; see docs/corpus.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # runs from a plain checkout on the GPU machine (no pip install there)
+
+import torch  # noqa: E402
+
+SPEECH_DIRS = [Path(os.environ.get("MIMISTACK_SPEECH_DIR", REPO.parent / "shared" / "speech")),
+               REPO / "shared" / "speech"]
+
+
+class Budget:
+    """Seconds left of the whole script's allowance; measurements that would not fit are skipped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    @property
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def precision(matmul_tf32: bool, conv_tf32: bool, benchmark: bool) -> Iterator[None]:
+    """TF32 for matmuls / convolutions on or off, cuDNN autotuning on or off; restored afterwards. PyTorch's
+    defaults are (False, True, False): its "fp32" convolutions already use TF32 on GPUs."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    torch.backends.cudnn.allow_tf32 = conv_tf32
+    torch.backends.cudnn.benchmark = benchmark
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def timed(run: Callable[[], Any], device: torch.device, warmup: int, iters: int, budget: Budget) -> tuple[Any, float]:
+    """Mean seconds per call after `warmup` calls (fewer iterations if the budget runs short)."""
+    result = None
+    for _ in range(warmup):
+        result = run()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        started = time.perf_counter()
+        result = run()
+        sync(device)
+        times.append(time.perf_counter() - started)
+        if budget.left < 20:
+            break
+    return result, float(np.mean(times))
+
+
+def build_audio(batch: int, seconds: float, sample_rate: int) -> np.ndarray:
+    """float32 `[batch, 1, seconds * sample_rate]`: windows of tiled speech (or synthetic speech-like audio)."""
+    length = int(seconds * sample_rate)
+    source = None
+    for folder in SPEECH_DIRS:
+        files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
+        if files:
+            import soundfile
+
+            source = np.concatenate([soundfile.read(f, dtype="float32")[0] for f in files])
+            break
+    if source is None:
+        from mimistack.testing import synthetic_signal
+
+        source = synthetic_signal(60.0, sample_rate, seed=3)
+    tiled = np.tile(source, int(np.ceil((length + batch * 4801) / len(source))) + 1)
+    return np.stack([tiled[row * 4801:row * 4801 + length] for row in range(batch)])[:, None, :].astype(np.float32)
+
+
+def snr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - estimate) ** 2))
+    return 10 * np.log10(max(float(np.sum(reference.astype(np.float64) ** 2)), 1e-20) / max(noise, 1e-20))
+
+
+# -- the paths ------------------------------------------------------------------------------------------------
+def hf_model(tensors: dict[str, np.ndarray], config: Any, device: torch.device) -> Any:
+    import transformers
+
+    from mimistack.weights import to_transformers_layout
+
+    model = transformers.MimiModel(transformers.MimiConfig())
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in to_transformers_layout(tensors, config).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "embed" not in m and "initialized" not in m]:
+        raise RuntimeError(f"transformers state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval()
+
+
+class FastEncoder(torch.nn.Module):
+    """SEANet + transformer + downsample in `dtype` (compiled when asked), the quantizer in strict fp32."""
+
+    def __init__(self, model: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.encoder = copy.deepcopy(model.encoder).to(dtype)
+        self.encoder_transformer = copy.deepcopy(model.encoder_transformer).to(dtype)
+        self.downsample = copy.deepcopy(model.downsample).to(dtype)
+        self.quantizer = model.quantizer
+        self.stack: Callable[[torch.Tensor], torch.Tensor] = self._stack
+
+    def _stack(self, pcm: torch.Tensor) -> torch.Tensor:
+        x, _ = self.encoder(pcm.to(self.dtype))
+        x, _ = self.encoder_transformer(x, None, "window")
+        x, _ = self.downsample(x)
+        return x.float()
+
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        latent = self.stack(pcm)
+        with precision(False, False, torch.backends.cudnn.benchmark):  # nearest-centroid search stays exact
+            return self.quantizer.encode(latent)
+
+
+class FastDecoder(torch.nn.Module):
+    """Latent sum in fp32, then upsample + transformer + SEANet decoder in `dtype` (compiled when asked)."""
+
+    def __init__(self, model: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.quantizer = model.quantizer
+        self.upsample = copy.deepcopy(model.upsample).to(dtype)
+        self.decoder_transformer = copy.deepcopy(model.decoder_transformer).to(dtype)
+        self.decoder = copy.deepcopy(model.decoder).to(dtype)
+        self.levels = list(range(model.config.num_levels))
+        self.stack: Callable[[torch.Tensor], torch.Tensor] = self._stack
+
+    def _stack(self, latent: torch.Tensor) -> torch.Tensor:
+        x, _ = self.upsample(latent.to(self.dtype))
+        x, _ = self.decoder_transformer(x, None, "window")
+        x, _ = self.decoder(x)
+        return x.float()
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.stack(self.quantizer.decode(codes, self.levels))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds per batch row")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=210.0, help="seconds for the whole script")
+    parser.add_argument("--quick", action="store_true", help="batch 2 x 1 s, 1 warm-up, 1 iteration (a smoke run)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the fast paths")
+    parser.add_argument("--only", default="", help="comma-separated subset of: hf, ours, fast")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.seconds, args.warmup, args.iters = 2, 1.0, 1, 1
+    budget = Budget(args.budget)
+    device = torch.device(args.device)
+    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or {"hf", "ours", "fast"}
+
+    from mimistack import __version__
+    from mimistack.codec import Codec
+    from mimistack.testing import write_random_checkpoint
+    from mimistack.torch.mimi import MimiModel
+    from mimistack.weights import load_weights
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"mimistack {__version__}, torch {torch.__version__}, device {name}; batch {args.batch} x "
+          f"{args.seconds:g} s; budget {args.budget:.0f} s", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-corpus-"))
+    started = time.perf_counter()
+    checkpoint = write_random_checkpoint(scratch / "official.safetensors", "official", seed=0)
+    weights = load_weights(checkpoint)
+    config = weights.config
+    audio = build_audio(args.batch, args.seconds, config.sample_rate)
+    audio_seconds = audio.shape[0] * audio.shape[-1] / config.sample_rate
+    print(f"checkpoint and {audio_seconds:g} s of audio ready in {time.perf_counter() - started:.1f} s", flush=True)
+    rows: list[dict[str, Any]] = []
+    reference: dict[str, Any] = {}
+
+    def record(path: str, direction: str, seconds: float | None, quality: str, note: str = "") -> None:
+        speed = audio_seconds / seconds if seconds else None
+        rows.append({"path": path, "direction": direction, "seconds_per_batch": seconds,
+                     "audio_seconds_per_second": speed, "quality": quality, "note": note})
+        shown = f"{speed:,.0f}" if speed else "-"
+        print(f"  {path:<22} {direction:<7} {shown:>10} audio s/s  {quality} {note}", flush=True)
+
+    def agreement(codes: np.ndarray) -> str:
+        if "codes" not in reference:
+            return "(no fp32 reference)"
+        ref = reference["codes"]
+        if codes.shape != ref.shape:
+            return f"shape {codes.shape} vs {ref.shape}"
+        return f"codes {100 * float((codes == ref).mean()):.3f}% equal"
+
+    def quality(pcm: np.ndarray) -> str:
+        return f"SNR {snr(reference['pcm'], pcm):.1f} dB vs fp32" if "pcm" in reference else "(no fp32 reference)"
+
+    def attempt(path: str, direction: str, body: Callable[[], tuple[float, str]], need: float = 15.0) -> None:
+        if budget.left < need:
+            record(path, direction, None, "skipped", f"(budget: {budget.left:.0f} s left)")
+            return
+        try:
+            seconds, text = body()
+            record(path, direction, seconds, text)
+        except Exception as error:  # each measurement stands alone
+            record(path, direction, None, "failed", f"{type(error).__name__}: {str(error).splitlines()[0][:160]}")
+            traceback.print_exc(limit=3, file=sys.stderr)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # -- ours fp32, strict: the reference codes and pcm ----------------------------------------------------------
+    codec32 = Codec.load(checkpoint, device=args.device, dtype="float32")
+    signals = list(audio[:, 0])
+
+    def ours_encode(codec: Any, strict: bool) -> tuple[float, str]:
+        with precision(False, not strict, False), torch.inference_mode():
+            grids, seconds = timed(lambda: codec.encode_batch(signals), device, args.warmup, args.iters, budget)
+        codes = np.stack([g.codes for g in grids])
+        if strict:
+            reference["codes"] = codes
+            reference["grids"] = grids
+            return seconds, "reference codes (TF32 off)"
+        return seconds, agreement(codes)
+
+    def ours_decode(codec: Any, strict: bool) -> tuple[float, str]:
+        grids = reference["grids"]
+        with precision(False, not strict, False), torch.inference_mode():
+            pcms, seconds = timed(lambda: codec.decode_batch(grids), device, args.warmup, args.iters, budget)
+        pcm = np.stack(pcms)
+        if strict:
+            reference["pcm"] = pcm
+            return seconds, "reference pcm (TF32 off)"
+        return seconds, quality(pcm)
+
+    attempt("ours fp32 strict", "encode", lambda: ours_encode(codec32, True), need=0)
+    attempt("ours fp32 strict", "decode", lambda: ours_decode(codec32, True), need=0)
+    if "ours" in wanted:
+        attempt("ours fp32 (defaults)", "encode", lambda: ours_encode(codec32, False))
+        attempt("ours fp32 (defaults)", "decode", lambda: ours_decode(codec32, False))
+        del codec32
+        codec16 = Codec.load(checkpoint, device=args.device, dtype="bfloat16")
+        attempt("ours bf16 autocast", "encode", lambda: ours_encode(codec16, False))
+        attempt("ours bf16 autocast", "decode", lambda: ours_decode(codec16, False))
+        del codec16
+
+    # -- transformers reference -------------------------------------------------------------------------------
+    if "hf" in wanted:
+        try:
+            hf = hf_model(weights.tensors, config, device)
+        except Exception as error:
+            hf = None
+            record("hf (transformers)", "both", None, "unavailable", f"{type(error).__name__}: {error}"[:160])
+        if hf is not None:
+            x = torch.from_numpy(audio).to(device)
+
+            def hf_encode(autocast: bool) -> tuple[float, str]:
+                context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+                with torch.inference_mode(), context:
+                    out, seconds = timed(lambda: hf.encode(x, num_quantizers=config.num_levels).audio_codes,
+                                         device, args.warmup, args.iters, budget)
+                return seconds, agreement(out.cpu().numpy().astype(np.uint16))
+
+            def hf_decode(autocast: bool) -> tuple[float, str]:
+                codes = torch.from_numpy(reference["codes"].astype(np.int64)).to(device)
+                context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+                with torch.inference_mode(), context:
+                    out, seconds = timed(lambda: hf.decode(codes).audio_values, device, args.warmup, args.iters,
+                                         budget)
+                return seconds, quality(out.float().cpu().numpy()[:, 0, :audio.shape[-1]])
+
+            attempt("hf fp32", "encode", lambda: hf_encode(False))
+            attempt("hf fp32", "decode", lambda: hf_decode(False))
+            attempt("hf bf16 autocast", "encode", lambda: hf_encode(True))
+            attempt("hf bf16 autocast", "decode", lambda: hf_decode(True))
+            del hf, x
+
+    # -- the fast paths --------------------------------------------------------------------------------------
+    if "fast" in wanted:
+        model = MimiModel(config)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.tensors.items()})
+        model = model.to(device).eval()
+        pinned = torch.from_numpy(audio)
+        if device.type == "cuda":
+            pinned = pinned.pin_memory()
+        compile_ok = not args.no_compile
+
+        def fast(dtype: torch.dtype, tf32: bool, compiled: bool) -> tuple[FastEncoder, FastDecoder]:
+            encoder, decoder = FastEncoder(model, dtype), FastDecoder(model, dtype)
+            if compiled:
+                encoder.stack = torch.compile(encoder._stack, dynamic=False)
+                decoder.stack = torch.compile(decoder._stack, dynamic=False)
+            return encoder, decoder
+
+        def fast_encode(encoder: FastEncoder, tf32: bool) -> tuple[float, str]:
+            def run() -> np.ndarray:
+                return encoder(pinned.to(device, non_blocking=True)).to("cpu").numpy()
+
+            with precision(tf32, tf32, True), torch.inference_mode():
+                codes, seconds = timed(run, device, args.warmup, args.iters, budget)
+            return seconds, agreement(codes.astype(np.uint16))
+
+        def fast_decode(decoder: FastDecoder, tf32: bool) -> tuple[float, str]:
+            codes = torch.from_numpy(reference["codes"].astype(np.int64))
+            if device.type == "cuda":
+                codes = codes.pin_memory()
+
+            def run() -> np.ndarray:
+                return decoder(codes.to(device, non_blocking=True)).to("cpu").numpy()
+
+            with precision(tf32, tf32, True), torch.inference_mode():
+                pcm, seconds = timed(run, device, args.warmup, args.iters, budget)
+            return seconds, quality(pcm[:, 0, :audio.shape[-1]])
+
+        variants = [("fast bf16", torch.bfloat16, False), ("fast tf32", torch.float32, True)]
+        for label, dtype, tf32 in variants:
+            for compiled in ([True, False] if compile_ok else [False]):
+                suffix = " compiled" if compiled else " eager"
+                need = 90.0 if compiled else 15.0
+                try:
+                    encoder, decoder = fast(dtype, tf32, compiled)
+                except Exception as error:
+                    record(label + suffix, "both", None, "failed", f"{type(error).__name__}: {error}"[:160])
+                    continue
+                attempt(label + suffix, "encode", lambda e=encoder, t=tf32: fast_encode(e, t), need=need)
+                attempt(label + suffix, "decode", lambda d=decoder, t=tf32: fast_decode(d, t), need=need)
+                measured = [r for r in rows if r["path"] == label + suffix and r["audio_seconds_per_second"]]
+                if compiled and len(measured) == 2:
+                    break  # the compiled variant worked: its eager twin would only be slower
+
+    print()
+    print(f"batch {args.batch} x {args.seconds:g} s = {audio_seconds:g} s of audio per call, device {name}, "
+          f"torch {torch.__version__}; total {time.perf_counter() - started:.0f} s")
+    header = ("path", "direction", "audio s/s", "ms / batch", "vs fp32 engine")
+    lines = [(r["path"], r["direction"],
+              f"{r['audio_seconds_per_second']:,.0f}" if r["audio_seconds_per_second"] else "-",
+              f"{1000 * r['seconds_per_batch']:.1f}" if r["seconds_per_batch"] else "-",
+              (r["quality"] + " " + r["note"]).strip()) for r in rows]
+    widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
+    for line in [header, tuple("-" * w for w in widths), *lines]:
+        print("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "batch": args.batch,
+                                         "seconds": args.seconds, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+// Drives the mimistack page in Debian's Chromium (headless) with playwright-core from web/node_modules.
+// Used by tests/test_web_e2e.py and bench/bench_web.py; it asserts nothing itself: it writes what it saw into
+// --out (result.json, screenshots, raw arrays) and the Python side checks it.
+//
+//   node tests/e2e/drive.mjs --url http://127.0.0.1:PORT/ --out DIR --scenario roundtrip --file speech.wav
+//   scenarios: roundtrip (open, encode, toggle levels, decode, download), server (the same through the API),
+//              live (fake microphone from --file), bench (--threads N --seconds S)
+import { createRequire } from 'node:module';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const webDir = process.env.MIMISTACK_WEB_DIR ?? resolve(here, '../../web');
+const { chromium } = createRequire(join(webDir, 'package.json'))('playwright-core');
+
+const { values: args } = parseArgs({
+  options: {
+    url: { type: 'string' }, out: { type: 'string' }, scenario: { type: 'string', default: 'roundtrip' },
+    file: { type: 'string' }, threads: { type: 'string' }, seconds: { type: 'string', default: '10' },
+    repeats: { type: 'string', default: '3' }, 'live-seconds': { type: 'string', default: '3' },
+    timeout: { type: 'string', default: '240' }, chromium: { type: 'string', default: '/usr/bin/chromium' },
+  },
+});
+const timeout = Number(args.timeout) * 1000;
+const out = resolve(args.out);
+const result = { scenario: args.scenario, requests: [], console: [], pageErrors: [], steps: [] };
+
+function save(name, base64) {
+  if (base64) writeFileSync(join(out, name), Buffer.from(base64, 'base64'));
+}
+
+async function waitFor(page, predicate, argument, what) {
+  try {
+    await page.waitForFunction(predicate, argument, { timeout, polling: 100 });
+  } catch (error) {
+    const state = await page.evaluate(() => window.mimistack?.state()).catch(() => null);
+    throw new Error(`timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
+  }
+}
+
+async function waitIdle(page, selection) {
+  await waitFor(page, (wanted) => {
+    const s = window.mimistack?.state();
+    if (s?.error) return true;
+    return s && s.idle && s.decodedSelection === wanted;
+  }, selection, `decoded levels ${selection}`);
+  const state = await page.evaluate(() => window.mimistack.state());
+  if (state.error) throw new Error(`the page shows an error: ${state.error}`);
+  return state;
+}
+
+async function step(page, name, selection) {
+  const state = await waitIdle(page, selection);
+  const dump = await page.evaluate(() => window.mimistack.dump());
+  const safe = selection.replace(/[^0-9a-z-]+/gi, '_');
+  save(`decoded_${safe}.f32`, dump.decoded);
+  if (!result.steps.length) {
+    save('codes.u16', dump.codes);
+    save('original.f32', dump.original);
+  }
+  result.steps.push({ name, selection, state });
+  await page.screenshot({ path: join(out, `${String(result.steps.length).padStart(2, '0')}-${name}.png`), fullPage: true });
+}
+
+async function engineReady(page) {
+  await waitFor(page, () => {
+    const s = window.mimistack?.state();
+    return s && (s.executionProvider !== null || s.engineError !== null || s.error !== null);
+  }, null, 'the in-browser engine');
+  const state = await page.evaluate(() => window.mimistack.state());
+  if (state.engineError || state.error) throw new Error(`the engine did not start: ${state.engineError ?? state.error}`);
+  return state;
+}
+
+async function roundtrip(page, mode) {
+  const query = mode === 'server' ? '?mode=server' : '';
+  await page.goto(`${args.url}${query}`);
+  await waitFor(page, () => window.mimistack?.state().phase === 'ready', null, 'the page');
+  if (mode !== 'server') result.engine = await engineReady(page);
+  await page.screenshot({ path: join(out, '00-loaded.png'), fullPage: true });
+  await page.setInputFiles('#file', args.file);
+  await step(page, 'all-levels', '0-31');
+  await page.click('[data-preset="moshi"]');
+  await step(page, 'moshi', '0-7');
+  await page.click('button.level[data-level="3"]');
+  await step(page, 'without-level-3', '0-2,4-7');
+  result.experimentalBadge = await page.isVisible('#experimental');
+  await page.click('[data-preset="semantic"]');
+  await step(page, 'semantic', '0');
+  await page.click('input[name="view"][value="spectrogram"]');
+  await page.click('[data-preset="all"]');
+  await step(page, 'spectrogram', '0-31');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-mimi')]);
+  await download.saveAs(join(out, 'download.mimi'));
+  result.downloadName = download.suggestedFilename();
+}
+
+async function live(page) {
+  await page.goto(args.url);
+  result.engine = await engineReady(page);
+  if (!result.engine.streaming) throw new Error('live mode needs the streaming graphs');
+  await page.click('[data-preset="moshi"]');
+  await page.click('#live');
+  await waitFor(page, (frames) => (window.mimistack.state().live?.frames ?? 0) >= frames,
+    Math.round(Number(args['live-seconds']) * 12.5), 'live frames');
+  result.liveState = await page.evaluate(() => window.mimistack.state());
+  await page.screenshot({ path: join(out, '01-live.png'), fullPage: true });
+  await page.click('#live');
+  await step(page, 'after-live', '0-7');
+}
+
+async function bench(page) {
+  await page.goto(`${args.url}?threads=${args.threads ?? 1}&ep=wasm`);
+  result.engine = await engineReady(page);
+  if (args.file) {
+    await page.setInputFiles('#file', args.file);
+    await waitIdle(page, '0-31');
+  }
+  result.bench = await page.evaluate((options) => window.mimistack.bench(options),
+    { seconds: Number(args.seconds), repeats: Number(args.repeats) });
+}
+
+const profile = mkdtempSync(join(tmpdir(), 'mimistack-chromium-'));
+const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`,
+  '--autoplay-policy=no-user-gesture-required'];
+if (args.scenario === 'live') {
+  flags.push('--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${args.file}`);
+}
+// launchPersistentContext owns --user-data-dir; playwright-core needs the flag through its own option instead.
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: args.chromium, headless: true, acceptDownloads: true,
+  args: flags.filter((flag) => !flag.startsWith('--user-data-dir') && flag !== '--headless'),
+  viewport: { width: 1360, height: 900 },
+});
+let exitCode = 0;
+try {
+  context.on('request', (request) => result.requests.push({ url: request.url(), method: request.method(), type: request.resourceType() }));
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on('console', (message) => result.console.push({ type: message.type(), text: message.text() }));
+  page.on('pageerror', (error) => result.pageErrors.push(String(error)));
+  await page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (event) => window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`));
+  });
+  if (args.scenario === 'roundtrip') await roundtrip(page, 'browser');
+  else if (args.scenario === 'server') await roundtrip(page, 'server');
+  else if (args.scenario === 'live') await live(page);
+  else if (args.scenario === 'bench') await bench(page);
+  else throw new Error(`unknown scenario ${args.scenario}`);
+  result.cspViolations = await page.evaluate(() => window.__cspViolations);
+  result.crossOriginIsolated = await page.evaluate(() => globalThis.crossOriginIsolated);
+} catch (error) {
+  result.failure = String(error?.stack ?? error);
+  exitCode = 1;
+  const page = context.pages()[0];
+  if (page) await page.screenshot({ path: join(out, 'failure.png'), fullPage: true }).catch(() => {});
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+  writeFileSync(join(out, 'result.json'), JSON.stringify(result, null, 1));
+}
+process.exit(exitCode);

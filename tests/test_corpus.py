@@ -1,0 +1,300 @@
+"""Tests for `mimistack.corpus` and `mimistack.cli_corpus`: tokenize a small corpus on local Ray, resume after a
+crash, read it back, export it flat.
+
+One module-scoped local Ray (2 CPUs) serves every test: Ray's start is the slow part. Reference codes come from a
+plain single-process `Codec.encode(load_audio(file))`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+pytest.importorskip("ray", reason="corpus tests need Ray Data: pip install 'mimistack[corpus]'")
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402 - after the importorskip that names the extra
+
+from mimistack import corpus  # noqa: E402
+from mimistack.audio import load_audio  # noqa: E402
+from mimistack.cli import main  # noqa: E402
+from mimistack.codec import Codec  # noqa: E402
+from mimistack.corpus import CorpusError, collect_inputs, export_flat, iter_flat, tokenize_corpus  # noqa: E402
+from mimistack.testing import write_random_checkpoint  # noqa: E402
+
+GOOD = ("real_sense_and_sensibility_01_austen_64kb-0880.wav", "real_sense_and_sensibility_01_austen_64kb-0890.wav",
+        "flite_slt.wav")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> object:
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory: pytest.TempPathFactory, speech: list[Path]) -> Path:
+    """Three speech files (one as 16 kHz FLAC in a subfolder), plus a corrupt WAV, an empty WAV, a text file with an
+    audio suffix and a .txt file that a folder scan must ignore."""
+    by_name = {p.name: p for p in speech}
+    folder = tmp_path_factory.mktemp("audio")
+    (folder / "a.wav").write_bytes(by_name[GOOD[0]].read_bytes())
+    (folder / "b.wav").write_bytes(by_name[GOOD[1]].read_bytes())
+    (folder / "sub").mkdir()
+    pcm, rate = soundfile.read(by_name[GOOD[2]], dtype="float32")
+    soundfile.write(folder / "sub" / "c.flac", soxr.resample(pcm, rate, 16_000), 16_000)
+    (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
+    soundfile.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), 24_000)
+    (folder / "notes.mp3").write_text("this is text, not audio\n" * 20)
+    (folder / "readme.txt").write_text("not an audio suffix: a folder scan skips this file\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(audio_dir: Path, tiny_codec: Codec) -> dict[str, np.ndarray]:
+    """id -> codes `[32, T]` from a plain single-process encode of each good file."""
+    files = {"a": audio_dir / "a.wav", "b": audio_dir / "b.wav", "sub/c": audio_dir / "sub" / "c.flac"}
+    return {key: tiny_codec.encode(load_audio(path)).codes for key, path in files.items()}
+
+
+@pytest.fixture(scope="module")
+def tokenized(ray_cluster: object, audio_dir: Path, tiny_checkpoint: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder, tokenized once through the CLI (2 files per shard)."""
+    out = tmp_path_factory.mktemp("runs") / "tokens"
+    code = main(["tokenize-corpus", str(audio_dir), "-o", str(out), "--weights", str(tiny_checkpoint),
+                 "--files-per-shard", "2", "-q"])
+    assert code == 0
+    return out
+
+
+def assert_matches_reference(out: Path, reference: dict[str, np.ndarray]) -> None:
+    records = list(corpus.open(out))
+    assert sorted(r.id for r in records) == sorted(reference), "every good file exactly once"
+    for record in records:
+        np.testing.assert_array_equal(record.grid.codes, reference[record.id], err_msg=record.id)
+        assert record.grid.num_frames == reference[record.id].shape[1]
+
+
+# -- the pipeline -------------------------------------------------------------------------------------------
+def test_codes_equal_single_process_encode(tokenized: Path, reference: dict[str, np.ndarray],
+                                           tiny_codec: Codec, audio_dir: Path) -> None:
+    assert_matches_reference(tokenized, reference)
+    record = next(r for r in corpus.open(tokenized) if r.id == "sub/c")
+    assert record.source_path == str(audio_dir / "sub" / "c.flac")
+    assert record.grid.num_samples == len(load_audio(audio_dir / "sub" / "c.flac"))
+    assert record.grid.weights_sha256 == tiny_codec.weights_sha256
+
+
+def test_shards_follow_the_documented_schema(tokenized: Path, tiny_codec: Codec) -> None:
+    shards = sorted((tokenized / "shards").glob("part-*.parquet"))
+    assert [p.name for p in shards] == ["part-000000.parquet", "part-000001.parquet", "part-000002.parquet"]
+    table = pa.concat_tables(pq.read_table(p) for p in shards)
+    assert table.schema.names == ["id", "source_path", "duration_s", "num_samples", "num_frames", "codes",
+                                  "weights_sha256", "mimistack_version"]
+    assert table.schema.field("codes").type == pa.list_(pa.list_(pa.uint16(), 32))
+    rows = table.to_pylist()
+    for row in rows:
+        assert len(row["codes"]) == row["num_frames"] == -(-row["num_samples"] // 1920)
+        assert row["duration_s"] == pytest.approx(row["num_samples"] / 24_000)
+        assert row["weights_sha256"] == tiny_codec.weights_sha256
+    manifest = json.loads((tokenized / "manifest.json").read_text())
+    assert manifest["complete"] is True
+    assert manifest["counts"] == {"files": 6, "files_done": 6, "rows": 3, "errors": 3, "pending": 0, "shards": 3,
+                                  "units": 3}
+    assert manifest["audio"]["seconds"] == pytest.approx(sum(r["duration_s"] for r in rows), abs=1e-2)
+    assert sum(s["rows"] for s in manifest["shards"]) == 3
+    assert manifest["weights"]["sha256"] == tiny_codec.weights_sha256
+
+
+def test_bad_files_are_in_the_errors_table_with_reasons(tokenized: Path) -> None:
+    errors = {e["id"]: e for e in map(json.loads, (tokenized / "errors.jsonl").read_text().splitlines())}
+    assert set(errors) == {"corrupt", "empty", "notes"}, "readme.txt is not an audio file: never picked up"
+    assert "not a readable audio file" in errors["corrupt"]["reason"]
+    assert "no audio samples" in errors["empty"]["reason"]
+    assert "not a readable audio file" in errors["notes"]["reason"]
+    assert errors["notes"]["path"].endswith("notes.mp3")
+    assert {e["id"] for e in corpus.open(tokenized).errors()} == set(errors)
+
+
+def test_rerun_skips_everything(tokenized: Path, audio_dir: Path, tiny_checkpoint: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()}
+    result = tokenize_corpus(audio_dir, tokenized, tiny_checkpoint)
+    assert (result.files_planned, result.files_skipped, result.files_processed) == (6, 6, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()} == before
+    assert result.manifest["complete"] is True
+
+
+def test_sigkill_mid_run_then_resume_gives_every_row_once(ray_cluster: object, audio_dir: Path,
+                                                          tiny_checkpoint: Path, tiny_codec: Codec,
+                                                          tmp_path: Path) -> None:
+    """A real crash: a `tokenize-corpus --address` driver (on the running cluster) is killed with SIGKILL as soon
+    as its first shard appears; the resumed run must give every id exactly once with the right codes."""
+    import ray
+
+    source = audio_dir / "a.wav"
+    manifest = tmp_path / "list.jsonl"
+    entries = [{"id": f"u{index}", "path": str(source)} for index in range(8)]
+    entries.insert(3, {"id": "broken", "path": str(audio_dir / "corrupt.wav")})
+    manifest.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    out = tmp_path / "tokens"
+    command = [sys.executable, "-m", "mimistack.cli", "tokenize-corpus", str(manifest), "-o", str(out), "--weights",
+               str(tiny_checkpoint), "--files-per-shard", "1", "--address", ray.get_runtime_context().gcs_address,
+               "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not list((out / "shards").glob("part-*.parquet")) and time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the run ended before writing a shard: {process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+        process.stderr.close()
+    done = len(list((out / "shards").glob("part-*.parquet")))
+    assert 1 <= done < 9, f"the kill should land mid-run ({done} of 9 shards written)"
+    assert not (out / "manifest.json").exists()
+    # What a kill in the middle of writing a shard leaves behind: a temporary file, never a shard.
+    (out / "shards" / ".part-000008.parquet.tmp-x1").write_bytes(b"half a shard")
+
+    result = tokenize_corpus(manifest, out, tiny_checkpoint)
+    assert (result.files_skipped, result.files_processed) == (done, 9 - done)
+    assert not [p.name for p in (out / "shards").iterdir() if "tmp" in p.name]
+    expected = tiny_codec.encode(load_audio(source)).codes
+    records = list(corpus.open(out))
+    assert sorted(r.id for r in records) == [f"u{i}" for i in range(8)]
+    for record in records:
+        np.testing.assert_array_equal(record.grid.codes, expected)
+    assert [e["id"] for e in corpus.open(out).errors()] == ["broken"]
+    assert result.manifest["complete"] and result.manifest["counts"]["rows"] == 8
+
+
+def test_new_files_extend_a_finished_corpus(tokenized: Path, audio_dir: Path, tiny_checkpoint: Path,
+                                            tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in (tokenized / "shards").iterdir():
+        (copy / "shards").mkdir(exist_ok=True)
+        (copy / "shards" / path.name).write_bytes(path.read_bytes())
+    (copy / "plan.parquet").write_bytes((tokenized / "plan.parquet").read_bytes())
+    plan = corpus._read_plan(copy)
+    assert plan is not None
+    extended, added = corpus._extend_plan(plan, [*collect_inputs(audio_dir), corpus.CorpusInput("new", "/x.wav")],
+                                          plan.weights_sha256, 99)
+    assert added == 1 and extended.units[:-1] == plan.units and extended.units[-1] == [corpus.CorpusInput("new",
+                                                                                                          "/x.wav")]
+
+
+# -- refusals -----------------------------------------------------------------------------------------------
+def test_refuses_codes_from_other_weights(tokenized: Path, audio_dir: Path, tmp_path: Path) -> None:
+    other = write_random_checkpoint(tmp_path / "other.safetensors", "tiny", seed=5)
+    with pytest.raises(CorpusError, match="must not be mixed"):
+        tokenize_corpus(audio_dir, tokenized, other)
+
+
+def test_refuses_a_folder_that_is_not_a_corpus(audio_dir: Path, tiny_checkpoint: Path) -> None:
+    with pytest.raises(CorpusError, match="not a tokenize-corpus output"):
+        tokenize_corpus(audio_dir, audio_dir, tiny_checkpoint)
+
+
+def test_refuses_a_second_concurrent_run(tokenized: Path, audio_dir: Path, tiny_checkpoint: Path) -> None:
+    with corpus._FolderLock(tokenized), pytest.raises(CorpusError, match="another tokenize-corpus run"):
+        tokenize_corpus(audio_dir, tokenized, tiny_checkpoint)
+
+
+def test_cli_reports_bad_input(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["tokenize-corpus", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), "--weights",
+                 str(tiny_checkpoint), "-q"])
+    assert code == 2
+    assert "input not found" in capsys.readouterr().err
+
+
+# -- inputs -------------------------------------------------------------------------------------------------
+def test_input_formats_name_the_same_files(audio_dir: Path, tmp_path: Path) -> None:
+    expected = {"a": audio_dir / "a.wav", "b": audio_dir / "b.wav", "sub/c": audio_dir / "sub" / "c.flac"}
+    folder = {i.id: Path(i.path) for i in collect_inputs(audio_dir)}
+    assert folder == {**expected, "corrupt": audio_dir / "corrupt.wav", "empty": audio_dir / "empty.wav",
+                      "notes": audio_dir / "notes.mp3"}
+    globbed = {i.id: Path(i.path) for i in collect_inputs(str(audio_dir / "**" / "[abc].*"))}
+    assert globbed == expected
+    # Manifests: relative paths are relative to the manifest; a missing id is the path without suffix.
+    (tmp_path / "m.csv").write_text(f"path,id\n{audio_dir / 'a.wav'},a\n{audio_dir / 'b.wav'},b\n"
+                                    f"{audio_dir / 'sub' / 'c.flac'},sub/c\n")
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"path": str(p), "id": key}) + "\n"
+                                              for key, p in expected.items()))
+    pq.write_table(pa.table({"id": list(expected), "path": [str(p) for p in expected.values()]}),
+                   tmp_path / "m.parquet")
+    for name in ("m.csv", "m.jsonl", "m.parquet"):
+        assert {i.id: Path(i.path) for i in collect_inputs(tmp_path / name)} == expected, name
+    (audio_dir.parent / "rel.csv").write_text(f"path\n{audio_dir.name}/a.wav\n")
+    assert collect_inputs(audio_dir.parent / "rel.csv") == [corpus.CorpusInput(f"{audio_dir.name}/a",
+                                                                                str(audio_dir / "a.wav"))]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("id\nx\n", "no 'path'", id="csv-without-path"),
+        pytest.param("path,id\n/a.wav,x\n/b.wav,x\n", "duplicate id", id="duplicate-ids"),
+    ],
+)
+def test_bad_manifests_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "m.csv").write_text(content)
+    with pytest.raises(CorpusError, match=message):
+        collect_inputs(tmp_path / "m.csv")
+
+
+def test_missing_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError, match="input not found"):
+        collect_inputs(tmp_path / "nothing-*.wav")
+
+
+def test_duration_groups_respect_the_budget() -> None:
+    lengths = [100, 900, 300, 880, 290, 50]
+    groups = corpus._duration_groups(lengths, 1800)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(len(g) * max(lengths[i] for i in g) <= 1800 for g in groups)
+    assert groups[0] == [1, 3]
+    assert corpus._duration_groups(lengths, 0) == [[1], [3], [2], [4], [0], [5]]
+
+
+# -- reading back -------------------------------------------------------------------------------------------
+def test_export_flat_round_trip(tokenized: Path, reference: dict[str, np.ndarray], tmp_path: Path) -> None:
+    export = export_flat(tokenized, tmp_path / "flat", levels="0-7")
+    assert export.levels == tuple(range(8))
+    meta = json.loads(export.meta.read_text())
+    assert meta["dtype"] == "uint16" and meta["byte_order"] == "little" and meta["levels"] == list(range(8))
+    tokens = np.memmap(export.tokens, dtype="<u2", mode="r")
+    offsets = np.load(export.index)
+    ids = export.ids.read_text().splitlines()
+    assert offsets[-1] == tokens.size == export.num_tokens == sum(c[:8].size for c in reference.values())
+    for u, identifier in enumerate(ids):
+        frames = tokens[offsets[u]:offsets[u + 1]].reshape(-1, 8)  # frame-major: [T, levels]
+        np.testing.assert_array_equal(frames.T, reference[identifier][:8])
+    assert {i: c.tolist() for i, c in iter_flat(export.folder)} == {i: reference[i][:8].tolist() for i in ids}
+    with pytest.raises(FileExistsError):
+        export_flat(tokenized, tmp_path / "flat")
+    odd = export_flat(tokenized, tmp_path / "flat", levels="0,5", force=True)
+    assert {i: c.tolist() for i, c in iter_flat(odd.folder)} == {i: reference[i][[0, 5]].tolist() for i in ids}
+
+
+def test_cli_export(tokenized: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["corpus-export", str(tokenized), "-o", str(tmp_path / "flat"), "--levels", "0-3"]) == 0
+    assert json.loads((tmp_path / "flat" / "meta.json").read_text())["levels"] == [0, 1, 2, 3]
+    assert main(["corpus-export", str(tokenized), "-o", str(tmp_path / "flat")]) == 2
+    assert "exists" in capsys.readouterr().err
