@@ -25,9 +25,9 @@ logger = logging.getLogger("mimistack")
 
 FEATURE_MODULES = ("mimistack.cli_ops", "mimistack.cli_stream", "mimistack.cli_corpus", "mimistack.cli_server",
                    "mimistack.cli_onnx")
-RANDOM_WARNING = ("WARNING: --weights random uses RANDOM weights in the official architecture: the pipeline runs "
-                  "for real, but the audio it decodes is meaningless noise. Use the real weights (kyutai/mimi) "
-                  "to hear Mimi.")
+RANDOM_WARNING = ("WARNING: --weights random uses RANDOM weights (Mimi's architecture, no training): the pipeline "
+                  "runs for real, but the audio it decodes is meaningless noise. Use the real weights "
+                  "(kyutai/mimi) to hear Mimi.")
 
 
 class CliError(Exception):
@@ -74,16 +74,29 @@ def check_input(path: str | Path) -> Path:
     return source
 
 
-def progress(description: str, total: float | None, enabled: bool = True) -> Any:
-    """A rich progress bar on stderr (a no-op object when disabled or not a terminal)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+class Progress:
+    """A seconds-of-audio progress bar on stderr; silent when disabled or when stderr is not a terminal."""
 
-    console = Console(stderr=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}s"),
-                   TimeRemainingColumn(), console=console, disable=not (enabled and console.is_terminal),
-                   transient=True)
-    return bar, description, total
+    def __init__(self, description: str, total: float | None, enabled: bool = True) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        console = Console(stderr=True)
+        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed:.0f}/{task.total:.0f} s"), TimeRemainingColumn(),
+                                 console=console, disable=not (enabled and console.is_terminal), transient=True)
+        self._task = self._bar.add_task(description, total=total or 0)
+
+    def __enter__(self) -> Progress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(None, None, None)
+
+    def advance(self, seconds: float) -> None:
+        self._bar.update(self._task, advance=seconds)
 
 
 # -- encode / decode ----------------------------------------------------------------------------------------
@@ -92,14 +105,12 @@ def encode_file(codec: Any, source: Path, show_progress: bool = True) -> Any:
     from .audio import audio_info, iter_audio
 
     info = audio_info(source)
-    bar, description, total = progress(f"encoding {source.name}", info.duration, show_progress)
     encoder = codec.stream_encoder()
     chunk_seconds = codec.chunk_frames * codec.frame_size / codec.sample_rate
-    with bar:
-        task = bar.add_task(description, total=total or 0)
+    with Progress(f"encoding {source.name}", info.duration, show_progress) as bar:
         for chunk in iter_audio(source, chunk_seconds=chunk_seconds, sample_rate=codec.sample_rate):
             encoder.push(chunk)
-            bar.update(task, advance=len(chunk) / codec.sample_rate)
+            bar.advance(len(chunk) / codec.sample_rate)
         encoder.flush()
     grid = encoder.grid()
     if grid.num_samples == 0:
@@ -112,16 +123,15 @@ def decode_to_file(codec: Any, grid: Any, levels: Any, target: Path, force: bool
 
     selected = grid.check_levels(levels)
     decoder = codec.stream_decoder(selected)
-    bar, description, total = progress(f"decoding {target.name}", grid.duration, show_progress)
     written = 0
-    with bar, AudioWriter(target, codec.sample_rate, force=force) as writer:
-        task = bar.add_task(description, total=total)
+    with Progress(f"decoding {target.name}", grid.duration, show_progress) as bar, \
+            AudioWriter(target, codec.sample_rate, force=force) as writer:
         for start in range(0, grid.num_frames, codec.chunk_frames):
             pcm = decoder.push(grid.codes[:, start:start + codec.chunk_frames])
             pcm = pcm[:max(0, grid.num_samples - written)]
             writer.write(pcm)
             written += len(pcm)
-            bar.update(task, advance=len(pcm) / codec.sample_rate)
+            bar.advance(len(pcm) / codec.sample_rate)
 
 
 def _levels_note(levels: Any) -> None:
