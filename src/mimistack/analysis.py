@@ -275,9 +275,9 @@ def _metric_columns(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def _resolve_metrics(requested: Sequence[str] | None, reference_text: str | None) -> tuple[str, ...]:
-    names = list(DEFAULT_SWEEP_METRICS if requested is None else requested)
     if isinstance(requested, str):
-        names = [requested]
+        requested = [requested]
+    names = list(DEFAULT_SWEEP_METRICS if requested is None else requested)
     if reference_text and "word_error_rate" not in names:
         names.append("word_error_rate")
     unknown = [name for name in names if name not in metrics_module.ALL_METRICS]

@@ -7,7 +7,6 @@ reading back, flat export) and uses `cli`'s shared model options and error conve
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +21,6 @@ def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
 
     if args.weights in ("random", "random-tiny"):
         print(RANDOM_WARNING, file=sys.stderr)
-    if not args.verbose:
-        # Ray Data logs every execution start and finish at INFO; our progress bar says what matters.
-        logging.getLogger("ray").setLevel(logging.WARNING)
     result = tokenize_corpus(args.inputs, args.output, args.weights, revision=args.revision, engine=args.engine,
                              device=args.device, dtype=args.dtype, onnx_dir=args.onnx_dir, address=args.address,
                              num_cpus=args.num_cpus, encoders=args.encoders, threads=args.threads,

@@ -45,6 +45,7 @@ from .tokens import TokenGrid
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LENGTH_POLICIES",
     "LengthPolicy",
     "LevelStats",
     "OpsError",

@@ -49,6 +49,11 @@ class TorchEngine:
         self.dtype = getattr(torch, dtype, None)
         if not isinstance(self.dtype, torch.dtype):
             raise EngineError(f"unknown dtype {dtype!r}")
+        if self.device.type == "cuda" and self.dtype == torch.float32:
+            # cuDNN convolutions default to TF32 on recent GPUs; one rounded residual flips a token and every
+            # level after it. fp32 here means fp32 (codes equal the CPU's); pick dtype="bfloat16" for speed.
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         model = MimiModel(self.config)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.tensors.items()})
         self.model = model.to(self.device).eval()
