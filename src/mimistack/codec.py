@@ -241,8 +241,10 @@ class StreamEncoder:
     """Streaming encode with explicit state. `push(pcm)` -> codes uint16 `[num_levels, n]` for the frames completed
     by this chunk (n may be 0); `flush()` pads the last partial frame with zeros and emits it.
 
-    `mode="window"` (default) computes exactly what batch `encode` computes; `mode="moshi"` reproduces moshi's
-    streaming bit for bit (frames are then processed one at a time, as moshi does).
+    `mode="window"` (default) computes the same function as batch `encode` (every step attends to exactly the
+    window batch mode gives it); only float rounding differs with the chunking, which can flip a near-tied token
+    (and the levels after it in that frame) now and then. `mode="moshi"` reproduces moshi's streaming bit for bit
+    (frames are then processed one at a time, as moshi does).
     """
 
     def __init__(self, codec: Codec, mode: CacheMode = "window") -> None:

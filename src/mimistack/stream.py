@@ -46,10 +46,14 @@ from .levels import Levels
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CACHE_MODES",
     "FRAME_HEADER_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "RATE_CONTROLS",
+    "UNKNOWN_SAMPLES",
     "ArraySource",
+    "AudioSource",
     "Bandwidth",
     "BandwidthSchedule",
     "End",
@@ -68,8 +72,10 @@ __all__ = [
     "MicSource",
     "Plan",
     "ProtocolError",
+    "RateController",
     "ReceiverReport",
     "ReceiverSession",
+    "RelayStats",
     "RemoteError",
     "ScheduledRate",
     "SenderReport",
@@ -77,10 +83,13 @@ __all__ = [
     "SimulatedLink",
     "StreamError",
     "StreamReceiver",
+    "check_compatible",
     "check_listen_host",
     "decode_message",
+    "parse_bitrate",
     "plan_frames",
     "send_stream",
+    "write_received_mimi",
 ]
 
 PROTOCOL_VERSION = 1
@@ -601,6 +610,9 @@ class RateController(Protocol):
 
     def on_feedback(self, feedback: Feedback, elapsed: float) -> None: ...
 
+    def limit(self, max_bps: float) -> None:
+        """The most bandwidth the sender can use (every level): an adaptive estimate need not grow beyond it."""
+
 
 class FixedRate:
     """A bandwidth the user states (`--bitrate`)."""
@@ -618,6 +630,9 @@ class FixedRate:
     def on_feedback(self, feedback: Feedback, elapsed: float) -> None:
         pass
 
+    def limit(self, max_bps: float) -> None:
+        pass
+
 
 class ScheduledRate:
     """A scripted bandwidth (`--schedule`): the sender knows the link's schedule (tests and benchmarks)."""
@@ -633,20 +648,24 @@ class ScheduledRate:
     def on_feedback(self, feedback: Feedback, elapsed: float) -> None:
         pass
 
+    def limit(self, max_bps: float) -> None:
+        pass
+
 
 class FeedbackRate:
     """Bandwidth estimated from the receiver's FEEDBACK: delay-based, multiplicative increase and decrease.
 
     When the queueing delay the receiver reports exceeds `high_delay`, the estimate drops to `backoff` times the
-    delivered bitrate and holds for `hold` seconds while the queue drains; while the delay stays under
-    `low_delay`, it grows by `growth` per FEEDBACK (probing for more). Random loss is not read as congestion.
+    delivered bitrate (halved again when the delay exceeds 4 x `high_delay`, to drain a long queue) and holds for
+    `hold` seconds while the queue drains; while the delay stays under `low_delay`, it grows by `growth` per
+    FEEDBACK (probing for more), up to what every level needs (`limit`). Random loss is not read as congestion.
     """
 
     name = "feedback"
 
     def __init__(self, initial_bps: float = 1000.0, *, min_bps: float = 100.0, max_bps: float = 20_000.0,
                  low_delay: float = 0.1, high_delay: float = 0.3, growth: float = 1.25, backoff: float = 0.85,
-                 hold: float = 1.0) -> None:
+                 hold: float = 0.5) -> None:
         if not 0 < min_bps <= initial_bps <= max_bps:
             raise ValueError(f"need 0 < min_bps <= initial_bps <= max_bps, got {min_bps}, {initial_bps}, {max_bps}")
         self.bandwidth_bps = float(initial_bps)
@@ -664,10 +683,15 @@ class FeedbackRate:
             return
         if delay > self.high_delay:
             delivered = feedback.delivered_bps or self.bandwidth_bps
-            self.bandwidth_bps = max(self.min_bps, min(self.bandwidth_bps, delivered) * self.backoff)
+            drain = 0.5 if delay > 4 * self.high_delay else 1.0
+            self.bandwidth_bps = max(self.min_bps, min(self.bandwidth_bps, delivered) * self.backoff * drain)
             self._hold_until = elapsed + self.hold
         elif delay < self.low_delay:
             self.bandwidth_bps = min(self.max_bps, self.bandwidth_bps * self.growth)
+
+    def limit(self, max_bps: float) -> None:
+        self.max_bps = max(self.min_bps, min(self.max_bps, max_bps))
+        self.bandwidth_bps = min(self.bandwidth_bps, self.max_bps)
 
 
 # -- network simulator --------------------------------------------------------------------------------------------
@@ -685,21 +709,22 @@ class SimulatedLink:
         self.busy_until = -math.inf
 
     def transmit(self, bits: float, now: float) -> float:
-        t = max(now, self.busy_until)
+        # Schedule time (relative to `start`) is advanced to each change exactly: absolute clock readings near
+        # 1.7e9 s would round, and a step could then be revisited forever.
+        position = max(now, self.busy_until) - self.start
         remaining = float(bits)
-        while remaining > 0:
-            rate = self.schedule.at(t - self.start)
-            change = self.schedule.next_change(t - self.start)
-            horizon = math.inf if change is None else self.start + change
-            if rate > 0 and remaining <= rate * (horizon - t):
-                t += remaining / rate
-                break
-            if change is None:
+        while True:
+            rate = self.schedule.at(position)
+            change = self.schedule.next_change(position)
+            if change is None and rate <= 0:
                 raise StreamError("the simulated link's bandwidth is 0 for good: the message never gets through")
-            remaining -= rate * (horizon - t)
-            t = horizon
-        self.busy_until = t
-        return t
+            if change is None or (rate > 0 and remaining <= rate * (change - position)):
+                position += remaining / rate
+                break
+            remaining -= rate * (change - position)
+            position = change
+        self.busy_until = self.start + position
+        return self.busy_until
 
 
 @dataclasses.dataclass
@@ -720,7 +745,7 @@ class LossyRelay:
     `random.Random`), and the rest are paced through a `SimulatedLink` following `schedule` (protocol bytes only:
     WebSocket and TCP/IP framing are not counted), then delayed by `delay` seconds. Control messages (HELLO,
     BANDWIDTH, END) are neither dropped nor paced, but keep their order behind the FRAME messages in flight.
-    A FRAME that would wait more than `max_queue_delay` is dropped (a finite router buffer). Upstream
+    A FRAME that would wait more than `max_queue_delay` seconds is dropped (a finite router buffer). Upstream
     (FEEDBACK, ERROR) is forwarded at once. The schedule's time 0 is HELLO's `stream_start_us`. One session::
 
         async with LossyRelay("ws://127.0.0.1:9000", schedule, loss=0.1, seed=0) as relay:
@@ -728,7 +753,7 @@ class LossyRelay:
     """
 
     def __init__(self, target_uri: str, schedule: BandwidthSchedule, *, loss: float = 0.1, seed: int = 0,
-                 delay: float = 0.0, max_queue_delay: float = 10.0, host: str = "127.0.0.1", port: int = 0) -> None:
+                 delay: float = 0.0, max_queue_delay: float = 2.0, host: str = "127.0.0.1", port: int = 0) -> None:
         if not 0 <= loss < 1:
             raise ValueError(f"loss must lie in [0, 1), got {loss}")
         check_listen_host(host, allow_remote=False)
@@ -911,7 +936,7 @@ class ReceiverSession:
     """
 
     def __init__(self, codec: Any, *, max_delay: float = 3.0, feedback_interval: float = 0.25,
-                 rate_window: float = 2.0, max_gap_frames: int = 1000,
+                 rate_window: float = 1.0, max_gap_frames: int = 1000,
                  on_audio: Callable[[np.ndarray], None] | None = None,
                  on_progress: Callable[[Feedback], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -939,6 +964,8 @@ class ReceiverSession:
         self._unwritten: list[np.ndarray] = []
         self._offset = math.inf
         self._queue_delay = 0.0
+        self._last_arrived = -1
+        self._batch = 1
         self._last_tokens: np.ndarray | None = None
         self._last_levels = 0
         self._run = 0
@@ -976,6 +1003,7 @@ class ReceiverSession:
             self._on_frame(message, arrival)
         elif isinstance(message, Bandwidth):
             self.bandwidth_messages.append(message)
+            self._batch = message.frames_per_message
             logger.info("sender plan from frame %d: %d bit/s, %d levels, %d frames per message", message.from_frame,
                         message.estimate_bps, message.level_count, message.frames_per_message)
         elif isinstance(message, End):
@@ -994,6 +1022,8 @@ class ReceiverSession:
         """When `tick` next has something to do (a frame's deadline or a FEEDBACK), or None."""
         if self.hello is None or self.ended:
             return None
+        if self.next_frame >= self._frame_limit:
+            return self._next_feedback
         return min(self._deadline(self.next_frame), self._next_feedback)
 
     def finish(self) -> None:
@@ -1054,6 +1084,7 @@ class ReceiverSession:
         one_way = arrival - hello.capture_time(frame.last_frame)
         self._offset = min(self._offset, one_way)
         self._queue_delay = max(0.0, one_way - self._offset)
+        self._last_arrived = frame.last_frame
         for _ in range(gap):
             self._conceal("lost")
         for j in range(frame.frame_count):
@@ -1110,6 +1141,7 @@ class ReceiverSession:
         self._run += 1
         if self._last_tokens is None:  # nothing received yet: keep the decoder's clock running, output silence
             tokens, levels, gain = np.zeros(hello.num_levels, dtype=np.uint16), 0, 0.0
+            self._gain = 0.0
         else:
             tokens, levels = self._last_tokens, max(1, self._last_levels >> self._run)
             gain = min(1.0, max(0.0, 1.0 - (self._run - 2) / 3))
@@ -1124,10 +1156,14 @@ class ReceiverSession:
         selected = Levels.prefix(levels, self._session_hello.num_levels)
         return self._decoder.push(tokens[:, None], levels=selected)
 
-    def _conceal_overdue(self, now: float) -> None:
+    @property
+    def _frame_limit(self) -> float:
+        """Frames in the stream when HELLO stated its length, else infinity."""
         hello = self._session_hello
-        limit = math.inf if hello.num_samples is None else _frames_for(hello.num_samples, hello.frame_size)
-        while self.next_frame < limit and self._deadline(self.next_frame) < now:
+        return math.inf if hello.num_samples is None else _frames_for(hello.num_samples, hello.frame_size)
+
+    def _conceal_overdue(self, now: float) -> None:
+        while self.next_frame < self._frame_limit and self._deadline(self.next_frame) < now:
             self._conceal("deadline")
 
     def _write(self, parts: Iterable[np.ndarray]) -> None:
@@ -1160,11 +1196,21 @@ class ReceiverSession:
             frames_concealed=sum(1 for r in self.records if r.concealed), level_count=self._last_levels,
             delivered_bps=min(0xFFFF_FFFF, round(delivered)), loss_permille=loss,
             latency_us=0 if received is None else min(0xFFFF_FFFF, max(0, round(received.latency * 1e6))),
-            queue_delay_us=min(0xFFFF_FFFF, round(self._queue_delay * 1e6)))
+            queue_delay_us=min(0xFFFF_FFFF, round(self._current_queue_delay(now) * 1e6)))
         self.feedback_sent += 1
         if self.on_progress is not None:
             self.on_progress(feedback)
         return feedback
+
+
+    def _current_queue_delay(self, now: float) -> float:
+        """The last FRAME's queueing delay, or more when the next message is overdue (a stalled link shows at
+        once, not only when its frames finally arrive)."""
+        expected = self._last_arrived + self._batch
+        if self.hello is None or self._last_arrived < 0 or expected >= self._frame_limit:
+            return self._queue_delay
+        overdue = now - self._offset - self.hello.capture_time(expected)
+        return max(self._queue_delay, overdue)
 
 
 def _ramp(pcm: np.ndarray, start: float, stop: float) -> np.ndarray:
@@ -1285,9 +1331,10 @@ class StreamReceiver:
         try:
             while not session.ended:
                 wakeup = session.next_wakeup()
-                timeout = self.idle_timeout if wakeup is None else max(0.0, wakeup - time.time())
-                try:
-                    item = await asyncio.wait_for(queue.get(), min(timeout, self.idle_timeout))
+                timeout = self.idle_timeout if wakeup is None else wakeup - time.time()
+                try:  # messages first: a wakeup already due must not starve them
+                    item = queue.get_nowait() if not queue.empty() else \
+                        await asyncio.wait_for(queue.get(), min(max(timeout, 0.001), self.idle_timeout))
                 except TimeoutError:
                     if time.time() - last_message >= self.idle_timeout:
                         raise StreamError(f"no message from the sender for {self.idle_timeout:g} s") from None
@@ -1507,6 +1554,8 @@ class SenderReport:
     hello: Hello
     num_frames: int
     num_samples: int
+    codes: np.ndarray
+    """Every level the encoder produced, uint16 `[num_levels, num_frames]` (what was sent is a prefix of each)."""
     frame_levels: list[int]
     """Levels sent for each frame, by frame index."""
     plans: list[tuple[int, float, Plan]]
@@ -1529,7 +1578,7 @@ class SenderStatus:
 async def send_stream(uri: str, codec: Any, source: AudioSource, rate: RateController, *,
                       max_levels: int | None = None, utilization: float = 0.9, max_frames_per_message: int = 16,
                       mode: Literal["window", "moshi"] = "window", open_timeout: float = 10.0,
-                      close_timeout: float = 10.0, warmup: bool = True,
+                      close_timeout: float = 30.0, warmup: bool = True,
                       on_progress: Callable[[SenderStatus], None] | None = None) -> SenderReport:
     """Encode `source` frame by frame and stream it to the receiver at `uri`, level 0 first plus as many levels
     as `rate`'s estimate allows (`plan_frames`). Returns once the receiver has processed END and closed."""
@@ -1557,6 +1606,9 @@ class _Sender:
         self.max_levels, self.utilization, self.max_batch = max_levels, utilization, max_frames_per_message
         self.mode = mode
         self.width = bits_per_token(codec.codebook_size)
+        frame_duration = codec.frame_size / codec.sample_rate
+        every_level = (8 * FRAME_HEADER_BYTES + max_levels * self.width) / frame_duration / utilization
+        rate.limit(1.25 * every_level)
         self.pending: list[np.ndarray] = []
         self.plan: Plan | None = None
         self.frames = 0
@@ -1598,8 +1650,8 @@ class _Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
         self._check_remote()
-        return SenderReport(hello, self.frames, num_samples, self.frame_levels, self.plans, self.messages,
-                            self.bytes_sent, self.feedback)
+        return SenderReport(hello, self.frames, num_samples, encoder.grid().codes, self.frame_levels, self.plans,
+                            self.messages, self.bytes_sent, self.feedback)
 
     def _check_remote(self) -> None:
         if self.failure is not None:

@@ -19,8 +19,8 @@ from ..levels import CodebookTables, Levels
 CacheMode = Literal["window", "moshi"]
 """How transformer caches behave when a stream is fed in chunks:
 
-- `"window"`: exactly batch mode's arithmetic window (each step attends to the previous `context` steps), so
-  streaming computes the same function as batch.
+- `"window"`: exactly batch mode's attention window (each step attends to the previous `context` steps), so
+  streaming computes the same function as batch (up to float rounding, which depends on chunk sizes).
 - `"moshi"`: Kyutai's ring KV cache, bit-identical to moshi's own streaming; it drops up to one frame's worth of
   the oldest keys once a stream is longer than the context (20 s), as moshi does.
 """
