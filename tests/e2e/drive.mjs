@@ -8,7 +8,7 @@
 import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
@@ -22,6 +22,10 @@ const { values: args } = parseArgs({
     file: { type: 'string' }, threads: { type: 'string' }, seconds: { type: 'string', default: '10' },
     repeats: { type: 'string', default: '3' }, 'live-seconds': { type: 'string', default: '3' },
     timeout: { type: 'string', default: '240' }, chromium: { type: 'string', default: '/usr/bin/chromium' },
+    // Try the WebGPU execution provider on Chromium's software adapter (SwiftShader): a manual check, not CI.
+    webgpu: { type: 'boolean', default: false },
+    // A .mimi file written elsewhere (Python) that the roundtrip opens at the end and decodes with levels 0-7.
+    'open-mimi': { type: 'string' },
   },
 });
 const timeout = Number(args.timeout) * 1000;
@@ -76,11 +80,18 @@ async function engineReady(page) {
 }
 
 async function roundtrip(page, mode) {
-  const query = mode === 'server' ? '?mode=server' : '';
+  // Server mode the way users meet it: a file longer than the in-browser limit goes to the server by itself.
+  const query = mode === 'server' ? '?browserLimit=2' : (args.webgpu ? '?ep=webgpu' : '');
   await page.goto(`${args.url}${query}`);
   await waitFor(page, () => window.mimistack?.state().phase === 'ready', null, 'the page');
-  if (mode !== 'server') result.engine = await engineReady(page);
+  result.engine = await engineReady(page);
   await page.screenshot({ path: join(out, '00-loaded.png'), fullPage: true });
+  // A file that is not audio: the page says so (and recovers with the next file).
+  writeFileSync(join(out, 'not-audio.wav'), 'this is text, not sound');
+  await page.setInputFiles('#file', join(out, 'not-audio.wav'));
+  await waitFor(page, () => window.mimistack.state().error !== null, null, 'an error message');
+  result.errorShown = { state: (await page.evaluate(() => window.mimistack.state())).error, visible: await page.isVisible('#error') };
+  await page.screenshot({ path: join(out, '00-error.png') });
   await page.setInputFiles('#file', args.file);
   await step(page, 'all-levels', '0-31');
   await page.click('[data-preset="moshi"]');
@@ -93,9 +104,25 @@ async function roundtrip(page, mode) {
   await page.click('input[name="view"][value="spectrogram"]');
   await page.click('[data-preset="all"]');
   await step(page, 'spectrogram', '0-31');
+  result.notice = (await page.isVisible('#notice')) ? await page.textContent('#notice') : null;
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-mimi')]);
   await download.saveAs(join(out, 'download.mimi'));
   result.downloadName = download.suggestedFilename();
+  // Open the downloaded .mimi: the page reads it back (no audio, tokens only) and decodes it.
+  await page.click('[data-preset="moshi"]');
+  await waitIdle(page, '0-7');
+  await page.setInputFiles('#file', join(out, 'download.mimi'));
+  await step(page, 'opened-mimi', '0-7');
+  if (args['open-mimi']) {
+    const name = basename(args['open-mimi']);
+    await page.setInputFiles('#file', args['open-mimi']);
+    await waitFor(page, (wanted) => {
+      const s = window.mimistack.state();
+      return s.error || (s.take === wanted && s.idle && s.decodedSelection === '0-7');
+    }, name, `${name} to be opened and decoded`);
+    result.openedMimi = await page.evaluate(() => window.mimistack.state());
+    save('opened_decoded_0-7.f32', (await page.evaluate(() => window.mimistack.dump())).decoded);
+  }
 }
 
 async function live(page) {
@@ -110,6 +137,17 @@ async function live(page) {
   await page.screenshot({ path: join(out, '01-live.png'), fullPage: true });
   await page.click('#live');
   await step(page, 'after-live', '0-7');
+  // Plain recording: captured, then encoded and decoded like a file.
+  await page.click('#record');
+  await waitFor(page, () => (window.mimistack.state().capture?.seconds ?? 0) >= 2, null, 'two seconds of recording');
+  await page.click('#record');
+  await waitFor(page, () => window.mimistack.state().numSamples > 0 && window.mimistack.state().decodedSelection === '0-7'
+    && window.mimistack.state().idle, null, 'the recording to be encoded and decoded');
+  const dump = await page.evaluate(() => window.mimistack.dump());
+  save('recorded_codes.u16', dump.codes);
+  save('recorded_original.f32', dump.original);
+  save('recorded_decoded_0-7.f32', dump.decoded);
+  await page.screenshot({ path: join(out, '03-recorded.png'), fullPage: true });
 }
 
 async function bench(page) {
@@ -127,6 +165,11 @@ const profile = mkdtempSync(join(tmpdir(), 'mimistack-chromium-'));
 const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`,
   '--autoplay-policy=no-user-gesture-required'];
+if (args.webgpu) {
+  flags.splice(flags.indexOf('--disable-gpu'), 1);
+  flags.push('--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader',
+    '--use-angle=swiftshader', '--disable-vulkan-surface');
+}
 if (args.scenario === 'live') {
   flags.push('--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${args.file}`);
 }

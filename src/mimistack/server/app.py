@@ -55,7 +55,7 @@ DEFAULT_MAX_AUDIO_SECONDS = 3 * 3600.0
 RANDOM_WEIGHTS = ("random", "random-tiny")
 MODEL_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "embed.onnx", "encoder_stream.onnx",
                "decoder_stream.onnx", "codebooks.safetensors")
-"""Files of an exported ONNX folder the page may fetch (plus external-data files the manifest names)."""
+"""Files of an exported ONNX folder the page may fetch; nothing else in the folder is served."""
 
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'self'",
@@ -79,7 +79,6 @@ MEDIA_TYPES = {
     ".onnx": "application/octet-stream", ".data": "application/octet-stream",
     ".safetensors": "application/octet-stream", ".woff2": "font/woff2",
 }
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 # Leading bytes of the audio containers the server accepts: (offset, bytes) pairs that must all match.
@@ -150,6 +149,31 @@ class ModelService:
         self._codec: Any = None
         self._onnx_dir: Path | None = settings.onnx_dir
         self._manifest: dict[str, Any] | None = None
+        self._export_error: str | None = None
+        self._export_thread: threading.Thread | None = None
+
+    def prepare_graphs(self) -> None:
+        """Find or export the ONNX graphs in the background (an export of the official model takes minutes), so
+        that the page finds them ready; `graphs_status` reports progress."""
+        if self._export_thread is None and self._onnx_dir is None:
+            self._export_thread = threading.Thread(target=self._prepare, name="mimistack-export", daemon=True)
+            self._export_thread.start()
+
+    def _prepare(self) -> None:
+        try:
+            self.onnx_dir()
+        except ApiError as error:
+            logger.error("%s", error.message)
+
+    def graphs_status(self) -> dict[str, Any]:
+        """{"ready": bool, "error": str | None}: whether the page can fetch the graphs now."""
+        ready = self._onnx_dir is not None and (self._onnx_dir / "manifest.json").is_file()
+        if not ready and self._onnx_dir is not None and self._export_error is None:
+            self._export_error = f"{self._onnx_dir} holds no manifest.json: not a folder written by export_onnx"
+        if not ready and self._export_error is None:
+            self.prepare_graphs()
+        return {"ready": ready, "error": None if ready else self._export_error,
+                "exporting": not ready and self._export_thread is not None and self._export_thread.is_alive()}
 
     @property
     def random_weights(self) -> bool:
@@ -169,9 +193,12 @@ class ModelService:
                 from ..codec import Codec
 
                 started = time.perf_counter()
-                self._codec = Codec.load(self.settings.weights, engine=self.settings.engine,
+                engine = self.settings.engine
+                if engine == "torch" and self.settings.onnx_dir is not None and not _has_torch():
+                    engine = "onnx"  # a torch-free install serving exported graphs: run those on the server too
+                self._codec = Codec.load(self.settings.weights, engine=engine,
                                          device=self.settings.device, revision=self.settings.revision,
-                                         onnx_dir=self.settings.onnx_dir if self.settings.engine == "onnx" else None,
+                                         onnx_dir=self.settings.onnx_dir if engine == "onnx" else None,
                                          num_threads=self.settings.num_threads)
                 logger.info("loaded %r in %.1f s", self._codec, time.perf_counter() - started)
             return self._codec
@@ -183,7 +210,11 @@ class ModelService:
                 try:
                     self._onnx_dir = export_to_cache(self.weights_path())
                 except EngineError as error:
-                    raise ApiError(503, f"no ONNX graphs for the page: {error}") from error
+                    self._export_error = f"no ONNX graphs for the page: {error}"
+                    raise ApiError(503, self._export_error) from error
+                except Exception as error:
+                    self._export_error = f"cannot export the ONNX graphs: {type(error).__name__}: {error}"
+                    raise ApiError(503, self._export_error) from error
             if not (self._onnx_dir / "manifest.json").is_file():
                 raise ApiError(503, f"{self._onnx_dir} holds no manifest.json: not a folder written by export_onnx")
             return self._onnx_dir
@@ -202,10 +233,7 @@ class ModelService:
 
     def model_file(self, name: str) -> Path:
         """An exported file by name, only if it is one the page may fetch and lies in the folder."""
-        if not _SAFE_NAME.match(name):
-            raise ApiError(404, f"no model file {name!r}")
-        allowed = set(MODEL_FILES) | set(_external_data_files(self.manifest()))
-        if name not in allowed:
+        if name not in MODEL_FILES:
             raise ApiError(404, f"no model file {name!r}")
         folder = self.onnx_dir().resolve()
         path = (folder / name).resolve()
@@ -222,18 +250,10 @@ class ModelService:
         return self.codec().config
 
 
-def _external_data_files(manifest: dict[str, Any]) -> list[str]:
-    """File names the manifest lists (graphs saved with external data name their `.data` files there)."""
-    names: list[str] = []
-    for key in ("files", "external_data"):
-        value = manifest.get(key)
-        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
-        for item in items:
-            if isinstance(item, str):
-                names.append(item)
-            elif isinstance(item, dict) and isinstance(item.get("file") or item.get("name"), str):
-                names.append(item.get("file") or item.get("name"))
-    return [name for name in names if _SAFE_NAME.match(name)]
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def export_to_cache(weights_path: Path) -> Path:
@@ -351,7 +371,7 @@ def decode_upload(service: ModelService, body: bytes, levels_text: str | None) -
         raise ApiError(413, f"the grid is {grid.duration:.1f} s long; the server accepts at most "
                             f"{service.settings.max_audio_seconds:g} s")
     try:
-        levels = grid.check_levels(levels_text if levels_text else None)
+        levels = grid.check_levels(levels_text) if levels_text else grid.present
     except (LevelsError, TokenGridError) as error:
         raise ApiError(400, str(error)) from error
     with service.model_lock:
@@ -486,7 +506,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ApiError(503, f"cannot load the model {settings.weights!r}: {error}") from error
         return JSONResponse({
             "version": __version__,
-            "weights": settings.weights if settings.weights in RANDOM_WEIGHTS else Path(settings.weights).name,
+            "weights": Path(settings.weights).name if Path(settings.weights).is_file() else settings.weights,
             "random_weights": service.random_weights,
             "sample_rate": config.sample_rate, "frame_rate": config.frame_rate, "frame_size": config.frame_size,
             "num_levels": config.num_levels, "num_semantic": config.num_semantic,
@@ -494,6 +514,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "max_upload_bytes": settings.max_upload_bytes, "max_audio_seconds": settings.max_audio_seconds,
             "server_engine": settings.engine, "cross_origin_isolation": settings.cross_origin_isolation,
         })
+
+    @app.get("/api/models")
+    async def models() -> JSONResponse:
+        """Whether the ONNX graphs are ready (the page waits on this while they are exported on first use)."""
+        return JSONResponse(service.graphs_status())
 
     @app.get("/models/{name}")
     async def model_file(name: str) -> FileResponse:
@@ -562,5 +587,6 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = DEFAULT
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
-                server_header=False)
+    app = create_app(settings)
+    app.state.service.prepare_graphs()  # the page's first visit then finds them ready (or nearly)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
