@@ -32,7 +32,8 @@ def moshi_model(official_checkpoint: Path):  # noqa: ANN201
 
 @pytest.fixture(scope="module")
 def codec(official_checkpoint: Path) -> Codec:
-    return Codec.load(official_checkpoint)
+    """One pass over each input, as moshi's batch mode does (the default processes 10 s chunks, see below)."""
+    return Codec.load(official_checkpoint, chunk_frames=4096)
 
 
 def _signals(speech: list[Path]) -> dict[str, np.ndarray]:
@@ -121,6 +122,16 @@ def test_default_streaming_computes_the_batch_function(codec: Codec, long_speech
     pcm = np.concatenate([decoder.push(batch.codes[:, i:i + 1]) for i in range(batch.num_frames)])
     reference = codec.decode(batch)
     assert np.linalg.norm(pcm - reference) / np.linalg.norm(reference) <= 1e-5
+
+
+def test_default_chunked_batch_agrees_with_one_pass(official_checkpoint: Path, codec: Codec,
+                                                   long_speech: np.ndarray) -> None:
+    """The default codec processes 10 s chunks with the state carried over (flat memory): the same function,
+    float rounding aside."""
+    chunked = Codec.load(official_checkpoint)
+    assert chunked.chunk_frames * FRAME < len(long_speech)
+    agreement = (chunked.encode(long_speech).codes == codec.encode(long_speech).codes).mean()
+    assert agreement >= 0.99, agreement
 
 
 def test_transformers_layout_gives_the_same_codes(tmp_path: Path, official_checkpoint: Path, codec: Codec,

@@ -22,7 +22,7 @@ CacheMode = Literal["window", "moshi"]
 - `"window"`: exactly batch mode's attention window (each step attends to the previous `context` steps), so
   streaming computes the same function as batch (up to float rounding, which depends on chunk sizes).
 - `"moshi"`: Kyutai's ring KV cache, bit-identical to moshi's own streaming; it drops up to one frame's worth of
-  the oldest keys once a stream is longer than the context (20 s), as moshi does.
+  the oldest keys once a stream is longer than the context (250 steps = 10 s), as moshi does.
 """
 
 

@@ -25,8 +25,9 @@ How each graph is made:
 - `encoder.onnx`/`decoder.onnx` are the stream graphs with every state bound to its zeros: streaming from zero
   state is batch mode's arithmetic (masked cache slots add exact zeros), so nothing is traced twice.
 - `embed.onnx` and the level-prefix front of the transformers.js decoder are written with `onnx.helper`.
-- The quantizer inside the encoder finds the nearest centroid with the torch reference's own formula
-  (`[-2x, |x|², 1] · [e, 1, |e|²]ᵀ`, clamped, square-rooted, first minimum), so near-ties resolve alike.
+- The quantizer inside the encoder is written with `onnx.helper` too: exact L2 nearest centroid over the
+  reference's own centroids. Float rounding differs from torch's GEMMs, so a near-tie between two centroids may
+  resolve the other way (and the residual chain below it follows): the checks in the manifest count tokens.
 """
 
 from __future__ import annotations
@@ -73,12 +74,14 @@ STREAM_MODES = ("window", "moshi")
 CHECK_FRAMES = (1, 3)
 """Frame counts every graph is run at against the torch model after export (a graph with a frozen length fails)."""
 VARIANT_SIGNAL_SECONDS = 4.0
-QUANTIZER_PREFIXES = ("quantizer/", "embed/", "tjs/")
-"""Hand-written nodes (nearest-centroid search, level embedding) that the fp16 and int8 variants keep in fp32."""
 
 
 class ExportError(EngineError):
     """An export that cannot be made or that does not reproduce the torch model."""
+
+
+class ExportDependencyError(ExportError):
+    """torch or onnx is not installed (the `[export]` extra)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +99,13 @@ class ExportResult:
 
 
 # -- torch side -----------------------------------------------------------------------------------------------
-def _require_export_dependencies() -> tuple[Any, Any]:
+def require_export_dependencies() -> tuple[Any, Any]:
     try:
         import onnx
         import torch
     except ImportError as error:
-        raise ExportError(f"exporting ONNX graphs needs torch and onnx ({error}): pip install 'mimistack[export]'"
-                          ) from error
+        raise ExportDependencyError(f"exporting ONNX graphs needs torch and onnx ({error}): pip install "
+                                    "'mimistack[export]'") from error
     return torch, onnx
 
 
@@ -215,23 +218,24 @@ def _export_stream(model: Any, direction: str, mode: str, opset: int) -> tuple[A
             wrapper, (main, *example_state), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
             input_names=[main_name, *(s.input for s in specs)], output_names=[out_name, *(s.output for s in specs)],
             optimize=True, verbose=False, external_data=False)
-    proto = program.model_proto
-    if direction == "encoder":
-        import onnx
-
-        _append_quantizer(onnx, proto, model)
-    return proto, specs
+    return program.model_proto, specs
 
 
-def _append_quantizer(onnx: Any, model_proto: Any, model: Any) -> None:
-    """Replace the graph output `latent [B, D, N]` by `codes int64 [B, K, N]`: the split RVQ of the reference.
+def _with_quantizer(onnx: Any, traced: Any, model: Any) -> Any:
+    """A copy of an encoder graph with its output `latent [B, D, N]` replaced by `codes int64 [B, K, N]`: the
+    split RVQ of the reference.
 
-    Nearest centroid exactly as `torch.quantizer.nearest` computes it for large inputs: `[-2x, |x|², 1]` times the
-    reference's own augmented table `[e, 1, |e|²]` (taken from the torch model, bit for bit), clamped at 0,
-    square-rooted, first minimum. Written by hand rather than traced: 32 unrolled levels would double the trace
-    time, and the nodes get stable names (`quantizer/...`) that the fp16 and int8 variants keep in fp32.
+    Nearest centroid by exact L2: `argmin_e |e|² - 2 x·e` (|x|² is the same for every centroid, and the clamp and
+    square root of `torch.cdist` do not move a minimum), first index on ties, over the reference's own centroids
+    (`embedding_sum / clamp(cluster_usage, eps)` taken from the torch model, bit for bit). The table is stored once
+    per level as `-2 eᵀ` `[d, size]`, the MatMul's constant right operand, which ONNX Runtime prepacks; the chosen
+    centroid is gathered back from it and scaled by -1/2, which is exact. Written by hand rather than traced:
+    32 unrolled levels would double the trace time, and 8 nodes a level instead of the tracer's ~14 matters when a
+    call is one 80 ms frame. Variants (fp16, int8) convert the traced part only and get this fp32 quantizer after.
     """
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    model_proto = onnx.ModelProto()
+    model_proto.CopyFrom(traced)
     graph = model_proto.graph
     nodes, initializers = [], []
     codes = []
@@ -244,52 +248,39 @@ def _append_quantizer(onnx: Any, model_proto: Any, model: Any) -> None:
         initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    constant("quantizer/minus_two", np.array(-2.0, dtype=np.float32))
-    constant("quantizer/zero", np.array(0.0, dtype=np.float32))
-    constant("quantizer/last_axis", np.array([-1], dtype=np.int64))
+    constant("quantizer/minus_half", np.array(-0.5, dtype=np.float32))
     constant("quantizer/level_axis", np.array([1], dtype=np.int64))
+    latent_t = node("Transpose", ["latent"], "quantizer/latent_t", perm=[0, 2, 1])  # [B, N, D]
     level = 0
     for branch_name, branch in (("semantic", model.quantizer.rvq_first), ("acoustic", model.quantizer.rvq_rest)):
         prefix = f"quantizer/{branch_name}"
-        weight = branch.input_proj.weight.detach().numpy().astype(np.float32)  # [d, D, 1]
-        dim = weight.shape[0]
-        projected = node("Conv", ["latent", constant(f"{prefix}/input_proj", weight)], f"{prefix}/projected")
-        residual = node("Transpose", [projected], f"{prefix}/residual_0", perm=[0, 2, 1])  # [B, N, d]
-        constant(f"{prefix}/slice_start", np.array([0], dtype=np.int64))
-        constant(f"{prefix}/slice_end", np.array([dim], dtype=np.int64))
-        for index, table in enumerate(branch.augmented()):
-            augmented = table[0].detach().numpy().astype(np.float32)  # [size, d + 2] = [e, 1, |e|^2]
+        weight = branch.input_proj.weight.detach().numpy()[:, :, 0].astype(np.float32)  # [d, D]
+        residual = node("MatMul", [latent_t, constant(f"{prefix}/input_proj", weight.T)], f"{prefix}/residual")
+        for embedding in branch.embeddings():
+            centroids = embedding.detach().numpy().astype(np.float32)  # [size, d]
             name = f"quantizer/level_{level}"
-            squares = node("Mul", [residual, residual], f"{name}/squares")
-            norms = node("ReduceSum", [squares, "quantizer/last_axis"], f"{name}/norms", keepdims=1)  # [B, N, 1]
-            if index == 0:
-                ones = node("ConstantOfShape", [node("Shape", [norms], f"{prefix}/norms_shape")], f"{prefix}/ones",
-                            value=helper.make_tensor("one", onnx.TensorProto.FLOAT, [1], [1.0]))
-            scaled = node("Mul", [residual, "quantizer/minus_two"], f"{name}/scaled")
-            lhs = node("Concat", [scaled, norms, ones], f"{name}/lhs", axis=-1)  # [B, N, d + 2]
-            lhs_t = node("Transpose", [lhs], f"{name}/lhs_t", perm=[0, 2, 1])  # [B, d + 2, N]
-            table_name = constant(f"{name}/table", augmented)
-            products = node("MatMul", [table_name, lhs_t], f"{name}/products")  # [B, size, N]
-            distances = node("Sqrt", [node("Max", [products, "quantizer/zero"], f"{name}/clamped")],
-                             f"{name}/distances")
-            index_name = node("ArgMin", [distances], f"{name}/index", axis=1, keepdims=0)  # [B, N]
-            rows = node("Gather", [table_name, index_name], f"{name}/rows", axis=0)  # [B, N, d + 2]
-            centroid = node("Slice", [rows, f"{prefix}/slice_start", f"{prefix}/slice_end", "quantizer/last_axis"],
-                            f"{name}/centroid")
+            table = constant(f"{name}/table", -2 * centroids.T)  # [d, size], exact scaling
+            norms = constant(f"{name}/norms", (centroids.astype(np.float64) ** 2).sum(-1).astype(np.float32))
+            products = node("MatMul", [residual, table], f"{name}/products")  # [B, N, size]
+            distances = node("Add", [products, norms], f"{name}/distances")  # |x - e|² - |x|²
+            index = node("ArgMin", [distances], f"{name}/index", axis=-1, keepdims=0)  # [B, N]
+            columns = node("Gather", [table, index], f"{name}/columns", axis=1)  # [d, B, N]
+            scaled = node("Transpose", [columns], f"{name}/scaled", perm=[1, 2, 0])  # [B, N, d] = -2 e
+            centroid = node("Mul", [scaled, "quantizer/minus_half"], f"{name}/centroid")
             residual = node("Sub", [residual, centroid], f"{name}/residual")
-            codes.append(node("Unsqueeze", [index_name, "quantizer/level_axis"], f"{name}/codes"))
+            codes.append(node("Unsqueeze", [index, "quantizer/level_axis"], f"{name}/codes"))
             level += 1
     node("Concat", codes, "codes", axis=1)
     graph.node.extend(nodes)
     graph.initializer.extend(initializers)
     latent_output = next(o for o in graph.output if o.name == "latent")
+    dims = latent_output.type.tensor_type.shape.dim
     codes_output = helper.make_tensor_value_info("codes", onnx.TensorProto.INT64,
-                                                 [latent_output.type.tensor_type.shape.dim[0].dim_param or "batch",
-                                                  level, latent_output.type.tensor_type.shape.dim[2].dim_param
-                                                  or "frames"])
+                                                 [dims[0].dim_param or "batch", level, dims[2].dim_param or "frames"])
     outputs = [codes_output if o.name == "latent" else o for o in graph.output]
     del graph.output[:]
     graph.output.extend(outputs)
+    return model_proto
 
 
 # -- ONNX surgery ---------------------------------------------------------------------------------------------
@@ -585,19 +576,26 @@ PREPROCESSOR_CONFIG = {"feature_extractor_type": "EncodecFeatureExtractor", "fea
 def _fp16(onnx: Any, model: Any) -> Any:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with warnings.catch_warnings():
+    converter_log = logging.getLogger("onnxruntime.transformers.float16")
+    with warnings.catch_warnings(), _log_level(converter_log, logging.WARNING):
         warnings.simplefilter("ignore")  # "the model has values out of fp16 range" is measured, not warned
-        # The quantizer stays in fp32: in fp16, near-ties among 2048 centroids flip.
-        return convert_float_to_float16(model, keep_io_types=True, node_block_list=[
-            node.name for node in model.graph.node if node.name.startswith(QUANTIZER_PREFIXES)])
+        return convert_float_to_float16(model, keep_io_types=True)
+
+
+@contextlib.contextmanager
+def _log_level(log: logging.Logger, level: int) -> Iterator[None]:
+    previous = log.level
+    log.setLevel(level)
+    try:
+        yield
+    finally:
+        log.setLevel(previous)
 
 
 def _int8(onnx: Any, model: Any, work_dir: Path) -> Any:
-    """Dynamic int8 quantization of the MatMuls (the transformers' linear layers); the hand-written quantizer and
-    embedding stay in fp32 (int8 distances would pick other centroids)."""
+    """Dynamic int8 quantization of the MatMuls (the transformers' linear layers)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    excluded = [node.name for node in model.graph.node if node.name.startswith(QUANTIZER_PREFIXES)]
     for index, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"node_{index}"
@@ -609,7 +607,7 @@ def _int8(onnx: Any, model: Any, work_dir: Path) -> Any:
             logging.getLogger("root").disabled = True
             try:
                 quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                                 nodes_to_exclude=excluded, per_channel=False)
+                                 per_channel=False)
             finally:
                 logging.getLogger("root").disabled = False
         return onnx.load_model(str(target))
@@ -719,8 +717,8 @@ def _check_graphs(model: Any, folder: Path, streams: dict[str, dict[str, Any]], 
     results["worst_codes_agreement"] = worst_agreement
     results["worst_audio_relative_l2"] = worst_audio
     if worst_agreement < 0.99 or worst_audio > 1e-4:
-        raise ExportError(f"the exported graphs do not reproduce the torch model (codes agreement {worst_agreement:.4f}, "
-                          f"audio relative L2 {worst_audio:.2e}); see the checks in the manifest")
+        raise ExportError(f"the exported graphs do not reproduce the torch model (codes agreement "
+                          f"{worst_agreement:.4f}, audio relative L2 {worst_audio:.2e})")
     return results
 
 
@@ -809,7 +807,7 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
     `mode="moshi"` streams). `check`: run each graph against the torch model at several frame counts and refuse
     an export that does not match.
     """
-    torch, onnx = _require_export_dependencies()
+    torch, onnx = require_export_dependencies()
     wanted = list(dict.fromkeys(["fp32", *variants]))
     unknown = [v for v in wanted if v not in VARIANTS]
     if unknown:
@@ -836,7 +834,7 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
     staging = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        graphs: dict[str, Any] = {}
+        traced: dict[str, Any] = {}  # name -> graph as traced (encoders end at the latent)
         streams: dict[str, dict[str, Any]] = {}
         state_specs: dict[str, list[StateSpec]] = {}
         for mode in modes:
@@ -844,27 +842,44 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
                 name = STREAM_GRAPHS[direction, mode]  # type: ignore[index]
                 step_started = time.perf_counter()
                 logger.info("tracing %s", name)
-                graphs[name], state_specs[name] = _export_stream(model, direction, mode, opset)
+                traced[name], state_specs[name] = _export_stream(model, direction, mode, opset)
                 seconds[f"trace_{name}"] = time.perf_counter() - step_started
                 main, output = ("pcm", "codes") if direction == "encoder" else ("latent", "pcm")
                 streams[name] = {"direction": direction, "mode": mode, "input": main, "output": output,
                                  "states": [s.to_dict() for s in state_specs[name]]}
         step_started = time.perf_counter()
-        ir_version = graphs["encoder_stream"].ir_version
-        graphs["encoder"] = _bind_initial_state(onnx, graphs["encoder_stream"], "pcm", state_specs["encoder_stream"])
-        graphs["decoder"] = _bind_initial_state(onnx, graphs["decoder_stream"], "latent",
+        traced["encoder"] = _bind_initial_state(onnx, traced["encoder_stream"], "pcm", state_specs["encoder_stream"])
+        traced["decoder"] = _bind_initial_state(onnx, traced["decoder_stream"], "latent",
                                                 state_specs["decoder_stream"])
-        graphs["embed"] = _embed_model(onnx, tables, opset, ir_version)
-        roles = {name: name for name in graphs}
-        files = {graph_file(name): model_proto for name, model_proto in graphs.items()}
-        if transformers_js:
-            tjs = f"{TRANSFORMERS_JS_DIR}/onnx"
-            files[f"{tjs}/encoder_model.onnx"] = _transformers_js_encoder(onnx, graphs["encoder"], config.frame_size)
-            files[f"{tjs}/decoder_model.onnx"] = _transformers_js_decoder(onnx, graphs["decoder"], tables)
-            roles["transformers_js_encoder"] = "transformers_js_encoder"
-        for relative, model_proto in files.items():
-            role = relative.removesuffix(".onnx").replace(f"{TRANSFORMERS_JS_DIR}/onnx/", "transformers_js/")
-            _save(onnx, model_proto, staging / relative, metadata, role)
+
+        def write_variant(variant: str) -> list[str]:
+            """Convert the traced graphs (fp16/int8), add the hand-written fp32 parts, save; returns the names."""
+            names = ["encoder", "decoder", *streams]
+            suffix = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}[variant]
+            graphs = {}
+            for name in names:
+                graph = traced[name]
+                if variant == "fp16":
+                    graph = _fp16(onnx, graph)
+                elif variant == "int8":
+                    graph = _int8(onnx, graph, staging)
+                graphs[name] = _with_quantizer(onnx, graph, model) if name.startswith("encoder") else graph
+            files = {graph_file(name, variant): (graphs[name], name) for name in names}
+            if variant == "fp32":
+                files["embed.onnx"] = (_embed_model(onnx, tables, opset, traced["encoder"].ir_version), "embed")
+            if transformers_js:
+                tjs = f"{TRANSFORMERS_JS_DIR}/onnx"
+                files[f"{tjs}/encoder_model{suffix}.onnx"] = (
+                    _transformers_js_encoder(onnx, graphs["encoder"], config.frame_size),
+                    "transformers_js/encoder_model")
+                files[f"{tjs}/decoder_model{suffix}.onnx"] = (
+                    _transformers_js_decoder(onnx, graphs["decoder"], tables), "transformers_js/decoder_model")
+            extra = {} if variant == "fp32" else {"variant": variant}
+            for relative, (graph, role) in files.items():
+                _save(onnx, graph, staging / relative, {**metadata, **extra}, role)
+            return [graph_file(name, variant) for name in names]
+
+        fp32_graphs = write_variant("fp32")
         from safetensors.numpy import save_file
 
         save_file({name: np.ascontiguousarray(getattr(tables, name)) for name in CODEBOOK_FIELDS},
@@ -883,21 +898,10 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
             checks = _check_graphs(model, staging, streams, tables, transformers_js)
             seconds["check"] = time.perf_counter() - step_started
 
-        variant_report: dict[str, Any] = {}
+        variant_report: dict[str, Any] = {"fp32": {"graphs": fp32_graphs}}
         for variant in wanted[1:]:
             step_started = time.perf_counter()
-            converted_names = ["encoder", "decoder", *streams]
-            for name in converted_names:
-                converted = _fp16(onnx, graphs[name]) if variant == "fp16" else _int8(onnx, graphs[name], staging)
-                _save(onnx, converted, staging / graph_file(name, variant), {**metadata, "variant": variant}, name)
-            if transformers_js:
-                suffix = "_fp16" if variant == "fp16" else "_int8"
-                for role in ("encoder_model", "decoder_model"):
-                    source = onnx.load_model(str(staging / TRANSFORMERS_JS_DIR / "onnx" / f"{role}.onnx"))
-                    converted = _fp16(onnx, source) if variant == "fp16" else _int8(onnx, source, staging)
-                    _save(onnx, converted, staging / TRANSFORMERS_JS_DIR / "onnx" / f"{role}{suffix}.onnx",
-                          {**metadata, "variant": variant}, f"transformers_js/{role}")
-            variant_report[variant] = {"graphs": [graph_file(name, variant) for name in converted_names],
+            variant_report[variant] = {"graphs": write_variant(variant),
                                        "errors_vs_fp32": _variant_errors(staging, variant, config, tables)}
             seconds[f"variant_{variant}"] = time.perf_counter() - step_started
             logger.info("variant %s: %s", variant, variant_report[variant]["errors_vs_fp32"])
@@ -928,8 +932,7 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
                           "outputs": {"latent": ["batch", config.dimension, "frames"]}},
             },
             "streams": streams,
-            "variants": {"fp32": {"graphs": [graph_file(n) for n in ("encoder", "decoder", *streams)]},
-                         **variant_report},
+            "variants": variant_report,
             "checks": checks,
             "export_seconds": {k: round(v, 3) for k, v in seconds.items()},
             "files": {name: _file_entry(staging / name) for name in listed},

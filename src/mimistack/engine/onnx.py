@@ -112,10 +112,10 @@ def read_manifest(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise OnnxDirError(f"{path} is corrupt ({error}); re-export with `mimistack export-onnx ... --force`") from error
+        raise OnnxDirError(f"{path} is corrupt ({error}); re-export with `mimistack export-onnx --force`") from error
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise OnnxDirError(f"{path} is not a mimistack ONNX manifest (format {manifest.get('format')!r}"
-                           if isinstance(manifest, dict) else f"{path} is not a mimistack ONNX manifest")
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise OnnxDirError(f"{path} is not a mimistack ONNX manifest (format {found!r}, expected {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise OnnxDirError(f"{path} has format version {manifest.get('format_version')!r}; this mimistack reads "
                            f"version {FORMAT_VERSION}: re-export with this version (`mimistack export-onnx --force`)")
@@ -244,7 +244,7 @@ class OnnxEngine:
                                f"{self.config.num_levels}")
         self.device = device
         self._providers = providers_for(device)
-        self._options = session_options(num_threads, optimization, spinning)
+        self.session_options = session_options(num_threads, optimization, spinning)
         self._verify_sha256 = verify_sha256
         self._sessions: dict[str, Any] = {}
         self._states = {name: [StateSpec.from_dict(s) for s in spec["states"]]
@@ -261,7 +261,7 @@ class OnnxEngine:
             check_files(self.onnx_dir, self.manifest, [name], self._verify_sha256)
             path = self.onnx_dir / name
             try:
-                self._sessions[graph] = self.ort.InferenceSession(str(path), sess_options=self._options,
+                self._sessions[graph] = self.ort.InferenceSession(str(path), sess_options=self.session_options,
                                                                   providers=self._providers)
             except Exception as error:
                 raise OnnxDirError(f"ONNX Runtime cannot load {path} ({type(error).__name__}: {error}); the export "
@@ -380,20 +380,21 @@ def _weights_sha256(weights: str | os.PathLike[str], revision: str | None) -> st
 
 
 def _export_to_cache(weights: str | os.PathLike[str], revision: str | None, folder: Path, sha256: str) -> None:
+    from .export import ExportDependencyError, export_onnx, require_export_dependencies  # torch only when run
+
     try:
-        import torch  # noqa: F401 - only to learn whether exporting is possible here
-        from .export import export_onnx
-    except ImportError as error:
+        require_export_dependencies()
+        logger.warning("exporting ONNX graphs for %s to %s (first use of these weights with the onnx engine; this "
+                       "takes a while, later loads reuse them)", os.fspath(weights), folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(weights, folder, revision=revision, transformers_js=False)
+    except ExportDependencyError as error:
         raise OnnxDirError(
             f"no exported ONNX graphs for weights {os.fspath(weights)!r} (sha256 {sha256[:16]}…) in {folder}, and "
             f"exporting them needs torch ({error}). On a machine with torch run\n"
             f"    mimistack export-onnx --weights {os.fspath(weights)} -o mimi-onnx\n"
             f"then copy the folder here and pass --onnx mimi-onnx (Codec.load(..., engine='onnx', "
             "onnx_dir='mimi-onnx'))") from error
-    logger.warning("exporting ONNX graphs for %s to %s (first use of these weights with the onnx engine; this "
-                   "takes a while, later loads reuse them)", os.fspath(weights), folder)
-    try:
-        export_onnx(weights, folder, revision=revision, transformers_js=False)
     except FileExistsError:
         if not (folder / MANIFEST_NAME).is_file():
             raise
