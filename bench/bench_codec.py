@@ -60,7 +60,7 @@ def worker(impl: str, task: str, seconds: float, levels: int, checkpoint: str, t
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _runner(impl: str, checkpoint: str, levels: int):  # noqa: ANN202 - a closure per implementation
+def _runner(impl: str, checkpoint: str, levels: int):
     import torch
 
     if impl == "moshi":
@@ -130,7 +130,7 @@ def _runner(impl: str, checkpoint: str, levels: int):  # noqa: ANN202 - a closur
     return run
 
 
-def _codes(pcm: np.ndarray, levels: int):  # noqa: ANN202 - torch tensor [1, levels, T]
+def _codes(pcm: np.ndarray, levels: int):
     import torch
 
     return torch.from_numpy(_full_codes(pcm)[:levels].astype(np.int64))[None]

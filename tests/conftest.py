@@ -44,7 +44,7 @@ def official_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_codec(tiny_checkpoint: Path):  # noqa: ANN201 - Codec
+def tiny_codec(tiny_checkpoint: Path):
     from mimistack.codec import Codec
 
     return Codec.load(tiny_checkpoint)

@@ -67,7 +67,7 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path, speech: list[Path], 
                                                subtype="FLOAT"), "NaN", id="nan"),
     ],
 )
-def test_bad_audio_gets_a_clear_error_and_no_output(tmp_path: Path, weights: list[str], make, message: str,  # noqa: ANN001
+def test_bad_audio_gets_a_clear_error_and_no_output(tmp_path: Path, weights: list[str], make, message: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.wav"
     make(source)
@@ -105,7 +105,7 @@ def test_roundtrip_and_demo(tmp_path: Path, speech: list[Path], weights: list[st
                      *weights, "-q")
     assert code == 0 and soundfile.info(str(tmp_path / "r.wav")).frames == soundfile.info(str(speech[2])).frames
     demo = tmp_path / "demo"
-    code, out, _ = run(capsys, "demo", str(speech[2]), "-o", str(demo), *weights, "-q")
+    code, _, _ = run(capsys, "demo", str(speech[2]), "-o", str(demo), *weights, "-q")
     assert code == 0
     summary = json.loads((demo / "summary.json").read_text())
     assert [row["levels"] for row in summary["outputs"]] == ["0", "0-7", "0-31"]

@@ -63,7 +63,7 @@ def test_batch_equals_single(tiny_codec: Codec, signal: np.ndarray) -> None:
         np.testing.assert_allclose(pcm, tiny_codec.decode(grid, "0-7"), atol=1e-5)
 
 
-def test_long_inputs_are_processed_in_chunks_with_the_same_result(tiny_checkpoint, signal: np.ndarray) -> None:  # noqa: ANN001
+def test_long_inputs_are_processed_in_chunks_with_the_same_result(tiny_checkpoint, signal: np.ndarray) -> None:
     whole = Codec.load(tiny_checkpoint)
     chunked = Codec.load(tiny_checkpoint, chunk_frames=4)
     long_signal = np.tile(signal, 3)

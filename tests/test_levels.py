@@ -41,12 +41,12 @@ def test_views() -> None:
 
 
 @pytest.fixture(scope="module")
-def tables(tiny_checkpoint):  # noqa: ANN001, ANN201
+def tables(tiny_checkpoint):
     weights = load_weights(tiny_checkpoint)
     return codebook_tables(weights.tensors, weights.config)
 
 
-def test_latent_is_a_sum_of_level_terms(tables) -> None:  # noqa: ANN001
+def test_latent_is_a_sum_of_level_terms(tables) -> None:
     rng = np.random.default_rng(0)
     codes = rng.integers(0, tables.codebook_size, size=(2, tables.num_levels, 5))
     terms = tables.level_terms()
@@ -58,7 +58,7 @@ def test_latent_is_a_sum_of_level_terms(tables) -> None:  # noqa: ANN001
         np.testing.assert_allclose(latent_from_codes(tables, codes, levels), expected, atol=1e-5)
 
 
-def test_dropping_a_level_is_not_zeroing_it(tables) -> None:  # noqa: ANN001
+def test_dropping_a_level_is_not_zeroing_it(tables) -> None:
     rng = np.random.default_rng(1)
     codes = rng.integers(1, tables.codebook_size, size=(tables.num_levels, 4))
     dropped = latent_from_codes(tables, codes, "0,2-31")
@@ -72,14 +72,14 @@ def test_dropping_a_level_is_not_zeroing_it(tables) -> None:  # noqa: ANN001
     np.testing.assert_array_equal(latent_from_codes(tables, scrambled, "0,2-31"), dropped)
 
 
-def test_out_of_range_tokens_are_refused(tables) -> None:  # noqa: ANN001
+def test_out_of_range_tokens_are_refused(tables) -> None:
     codes = np.zeros((tables.num_levels, 2), dtype=np.int64)
     codes[4, 1] = tables.codebook_size
     with pytest.raises(ValueError, match="level 4"):
         latent_from_codes(tables, codes, "all")
 
 
-def test_numpy_quantizer_matches_torch(tiny_checkpoint, tables) -> None:  # noqa: ANN001
+def test_numpy_quantizer_matches_torch(tiny_checkpoint, tables) -> None:
     torch = pytest.importorskip("torch")
     from mimistack.torch.mimi import MimiModel
 

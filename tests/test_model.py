@@ -13,7 +13,7 @@ from mimistack.weights import load_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model(tiny_checkpoint):  # noqa: ANN001, ANN201
+def model(tiny_checkpoint):
     weights = load_weights(tiny_checkpoint)
     m = MimiModel(weights.config).eval()
     m.load_state_dict({k: torch.from_numpy(v) for k, v in weights.tensors.items()})
@@ -21,12 +21,12 @@ def model(tiny_checkpoint):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def pcm(signal: np.ndarray):  # noqa: ANN201
+def pcm(signal: np.ndarray):
     frames = len(signal) // 1920
     return torch.from_numpy(signal[: frames * 1920].copy()).view(1, 1, -1)
 
 
-def test_codes_are_diverse_on_every_level(model, pcm) -> None:  # noqa: ANN001
+def test_codes_are_diverse_on_every_level(model, pcm) -> None:
     with torch.no_grad():
         codes, _ = model.encode(pcm)
     distinct = [len(set(codes[0, i].tolist())) for i in range(32)]
@@ -43,7 +43,7 @@ def test_codes_are_diverse_on_every_level(model, pcm) -> None:  # noqa: ANN001
         pytest.param("moshi-window", 3, id="moshi-window-3frames"),
     ],
 )
-def test_streaming_equals_batch(model, pcm, mode: str, chunk_frames: int) -> None:  # noqa: ANN001
+def test_streaming_equals_batch(model, pcm, mode: str, chunk_frames: int) -> None:
     with torch.no_grad():
         batch_codes, _ = model.encode(pcm)
         state = model.init_encoder_state(1)
@@ -65,7 +65,7 @@ def test_streaming_equals_batch(model, pcm, mode: str, chunk_frames: int) -> Non
     assert float((streamed - batch_pcm).norm() / batch_pcm.norm()) < 1e-5
 
 
-def test_causality_prefix_of_input_gives_prefix_of_codes(model, pcm) -> None:  # noqa: ANN001
+def test_causality_prefix_of_input_gives_prefix_of_codes(model, pcm) -> None:
     with torch.no_grad():
         full, _ = model.encode(pcm)
         prefix, _ = model.encode(pcm[..., : 10 * 1920])
@@ -77,7 +77,7 @@ def test_causality_prefix_of_input_gives_prefix_of_codes(model, pcm) -> None:  #
     assert not torch.equal(other[..., 10:], full[..., 10:])
 
 
-def test_decoding_a_subset_is_the_sum_of_its_terms(model) -> None:  # noqa: ANN001
+def test_decoding_a_subset_is_the_sum_of_its_terms(model) -> None:
     codes = torch.randint(0, 64, (2, 32, 6))
     with torch.no_grad():
         terms = [model.latent_from_codes(codes, [i]) for i in range(32)]
@@ -86,7 +86,7 @@ def test_decoding_a_subset_is_the_sum_of_its_terms(model) -> None:  # noqa: ANN0
             torch.testing.assert_close(model.latent_from_codes(codes, levels), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_bad_pcm_shape_is_refused(model) -> None:  # noqa: ANN001
+def test_bad_pcm_shape_is_refused(model) -> None:
     with pytest.raises(ValueError, match="N\\*1920"):
         model.encode(torch.zeros(1, 1, 1000))
 

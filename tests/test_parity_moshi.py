@@ -24,7 +24,7 @@ FRAME = 1920
 
 
 @pytest.fixture(scope="module")
-def moshi_model(official_checkpoint: Path):  # noqa: ANN201
+def moshi_model(official_checkpoint: Path):
     from moshi.models.loaders import get_mimi
 
     return get_mimi(str(official_checkpoint), device="cpu", num_codebooks=32)
@@ -48,12 +48,12 @@ def _signals(speech: list[Path]) -> dict[str, np.ndarray]:
     return signals
 
 
-def _moshi_encode(model, pcm: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def _moshi_encode(model, pcm: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model.encode(torch.from_numpy(pcm)[None, None]).numpy()[0]
 
 
-def test_codes_identical_on_all_levels_batch(moshi_model, codec: Codec, speech: list[Path]) -> None:  # noqa: ANN001
+def test_codes_identical_on_all_levels_batch(moshi_model, codec: Codec, speech: list[Path]) -> None:
     total = 0
     for name, pcm in _signals(speech).items():
         grid = codec.encode(pcm)
@@ -69,7 +69,7 @@ def test_codes_identical_on_all_levels_batch(moshi_model, codec: Codec, speech: 
 
 
 @pytest.mark.parametrize("count", [1, 8, 32])
-def test_decoded_audio_matches_moshi(moshi_model, codec: Codec, speech: list[Path], count: int) -> None:  # noqa: ANN001
+def test_decoded_audio_matches_moshi(moshi_model, codec: Codec, speech: list[Path], count: int) -> None:
     pcm = load_audio(speech[0])
     grid = codec.encode(pcm)
     ours = codec.decode(grid, f"0-{count - 1}")
@@ -88,7 +88,7 @@ def long_speech(speech: list[Path]) -> np.ndarray:
     return pcm[: (len(pcm) // FRAME) * FRAME]
 
 
-def test_streaming_identical_to_moshi_streaming(moshi_model, codec: Codec, long_speech: np.ndarray) -> None:  # noqa: ANN001
+def test_streaming_identical_to_moshi_streaming(moshi_model, codec: Codec, long_speech: np.ndarray) -> None:
     encoder = codec.stream_encoder(mode="moshi")
     ours = np.concatenate([encoder.push(long_speech[i:i + FRAME]) for i in range(0, len(long_speech), FRAME)], -1)
     parts = []

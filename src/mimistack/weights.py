@@ -97,6 +97,8 @@ def _download(repo: str, filename: str | None, revision: str | None) -> Path:
                 return found
             except Exception as error:
                 errors.append(f"{name} ({'cache' if local_only else 'hub'}): {type(error).__name__}")
+                if not local_only and not _is_missing_file(error):
+                    break  # the hub is unreachable: trying other file names would only wait again
     wanted = filename or HUB_FILENAMES[0]
     raise WeightsError(
         f"could not get weights {repo!r}{f' at revision {revision}' if revision else ''}: not in the local "
@@ -105,6 +107,11 @@ def _download(repo: str, filename: str | None, revision: str | None) -> Path:
         f"    huggingface-cli download {repo} {wanted}\n"
         f"then copy the cache folder (~/.cache/huggingface/hub, or $HF_HOME/hub) to this machine, "
         f"or pass the file itself: --weights /path/to/{wanted}")
+
+
+def _is_missing_file(error: Exception) -> bool:
+    """True when the hub answered that this file is not in the repository (another name may be)."""
+    return type(error).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError")
 
 
 def _offline() -> bool:

@@ -61,7 +61,20 @@ def _annotate_state_sizes(layers: nn.ModuleList) -> None:
             layer.state_size = len(layer.init_state(1, torch.device("cpu"), torch.float32))  # type: ignore
 
 
-class SEANetEncoder(nn.Module):
+class _Stack(nn.Module):
+    """A list of layers run in order, each stateful one with its slice of one flat state tuple."""
+
+    model: nn.ModuleList
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+        return tuple(t for layer in self.model if not isinstance(layer, nn.ELU)
+                     for t in layer.init_state(batch_size, device, dtype))  # type: ignore[operator]
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        return _run(self.model, x, state)
+
+
+class SEANetEncoder(_Stack):
     """pcm `[B, 1, N * hop]` -> latent `[B, dimension, N]` at sample_rate / hop (25 Hz)."""
 
     def __init__(self, config: MimiConfig) -> None:
@@ -80,15 +93,9 @@ class SEANetEncoder(nn.Module):
         self.model = nn.ModuleList(layers)
         _annotate_state_sizes(self.model)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        return tuple(t for layer in self.model if not isinstance(layer, nn.ELU)
-                     for t in layer.init_state(batch_size, device, dtype))  # type: ignore[operator]
-
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return _run(self.model, x, state)
 
 
-class SEANetDecoder(nn.Module):
+class SEANetDecoder(_Stack):
     """latent `[B, dimension, N]` at 25 Hz -> pcm `[B, 1, N * hop]` (no final activation)."""
 
     def __init__(self, config: MimiConfig) -> None:
@@ -107,9 +114,3 @@ class SEANetDecoder(nn.Module):
         self.model = nn.ModuleList(layers)
         _annotate_state_sizes(self.model)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        return tuple(t for layer in self.model if not isinstance(layer, nn.ELU)
-                     for t in layer.init_state(batch_size, device, dtype))  # type: ignore[operator]
-
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return _run(self.model, x, state)
