@@ -56,6 +56,12 @@ class TorchEngine:
             torch.backends.cuda.matmul.allow_tf32 = False
         model = MimiModel(self.config)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.tensors.items()})
+        if self.device.type == "cpu":
+            from ..torch.conv import StreamingConvTranspose1d
+
+            for module in model.modules():
+                if isinstance(module, StreamingConvTranspose1d):
+                    module.matmul_for_short_inputs = True
         self.model = model.to(self.device).eval()
         self.tables: CodebookTables = codebook_tables(weights.tensors, self.config)
 

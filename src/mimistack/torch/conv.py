@@ -93,10 +93,26 @@ class StreamingConvTranspose1d(nn.Module):
                                                            groups=groups, bias=bias))
         self.stride = stride
         self.overlap = kernel_size - stride
+        # PyTorch's CPU transposed convolution takes a slow path (col2im) on short inputs, which dominates
+        # frame-by-frame decoding. The torch engine turns this on; exported graphs keep the plain op.
+        self.matmul_for_short_inputs = False
+        self._matmul_ok = groups == 1 and kernel_size == 2 * stride
 
     @property
     def inner(self) -> nn.ConvTranspose1d:
         return self.convtr.convtr  # type: ignore[return-value]
+
+    def _matmul(self, x: Tensor) -> Tensor:
+        """The transposed convolution as one matmul when kernel = 2 * stride: each input step writes a 2S block,
+        whose first half lands on its own S output samples and whose second half on the next step's."""
+        batch, cin, steps = x.shape
+        weight = self.inner.weight  # [C_in, C_out, 2S]
+        cout, stride = weight.shape[1], self.stride
+        blocks = torch.matmul(x.transpose(1, 2), weight.reshape(cin, -1)).view(batch, steps, cout, 2 * stride)
+        out = F.pad(blocks[..., :stride], (0, 0, 0, 0, 0, 1)) + F.pad(blocks[..., stride:], (0, 0, 0, 0, 1, 0))
+        y = out.permute(0, 2, 1, 3).reshape(batch, cout, (steps + 1) * stride)
+        bias = self.inner.bias
+        return y if bias is None else y + bias[:, None]
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         if self.overlap == 0:
@@ -104,7 +120,10 @@ class StreamingConvTranspose1d(nn.Module):
         return (torch.zeros(batch_size, self.inner.out_channels, self.overlap, device=device, dtype=dtype),)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        y = self.inner(x)
+        if self.matmul_for_short_inputs and self._matmul_ok and x.shape[-1] <= 16:
+            y = self._matmul(x)
+        else:
+            y = self.inner(x)
         if self.overlap == 0:
             return y, ()
         overlap = self.overlap
