@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Random checkpoints and exported graphs go to a per-session folder, never the user's cache or the repo."""
     os.environ.setdefault("MIMISTACK_CACHE", str(tmp_path_factory.mktemp("mimistack-cache")))
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run far faster on one thread than through OpenMP barriers on a busy 2-core machine; the
+    process-wide setting is restored afterwards."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,7 @@ SWEEP_METRICS = ("snr", "mel_distance")  # cheap; STOI and PESQ run in the quali
 SECONDS = 1.2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The tiny model runs tens of times faster on one thread than with OpenMP barriers on a busy machine."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

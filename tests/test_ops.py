@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,7 @@ SHA_B = "b" * 64
 Pair = tuple[TokenGrid, TokenGrid]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The tiny model runs tens of times faster on one thread than with OpenMP barriers on a busy machine."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def crafted(frames: int, *, num_samples: int | None = None, weights: str = SHA_A, offset: int = 0,
