@@ -125,8 +125,10 @@ class Runner:
 
     def _load_onnx(self, weights: str, onnx_dir: str | None, threads: int, options: dict[str, Any]) -> None:
         from mimistack.codec import Codec
-        from mimistack.engine.onnx import OnnxEngine, load_onnx_engine
+        from mimistack.engine.onnx import OnnxEngine, load_onnx_engine, prefer_shared_thread_pool
 
+        # As the `mimistack` program runs it: one ONNX Runtime thread pool for the process (engine.onnx explains).
+        prefer_shared_thread_pool(os.environ.get("MIMISTACK_BENCH_ORT_POOL", "shared") == "shared")
         if options:
             engine = OnnxEngine(onnx_dir or load_onnx_engine(weights=weights).onnx_dir, num_threads=threads,
                                 **{k: v for k, v in options.items() if k != "profile"})

@@ -72,10 +72,12 @@ def start_server(weights: Path, onnx_dir: Path, port: int, log: Path) -> subproc
             time.sleep(0.3)
 
 
-def run_page(url: str, threads: int, seconds: float, repeats: int, audio: Path | None, timeout: int) -> dict[str, Any]:
+def run_page(url: str, threads: int, seconds: float, repeats: int, audio: Path | None, timeout: int,
+             variant: str = "fp32") -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mimistack-bench-web-") as out:
         command = ["node", str(DRIVER), "--url", url, "--out", out, "--scenario", "bench", "--threads", str(threads),
-                   "--seconds", str(seconds), "--repeats", str(repeats), "--timeout", str(timeout)]
+                   "--seconds", str(seconds), "--repeats", str(repeats), "--timeout", str(timeout),
+                   "--variant", variant]
         if audio is not None:
             command += ["--file", str(audio)]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 120)
@@ -83,19 +85,23 @@ def run_page(url: str, threads: int, seconds: float, repeats: int, audio: Path |
     if completed.returncode != 0 or result.get("failure"):
         raise RuntimeError(f"the page benchmark failed with {threads} thread(s): {result.get('failure')}\n"
                            f"{completed.stderr}")
-    return result["bench"]
+    return {**result["bench"], "variant": variant}
 
 
 def table(rows: list[dict[str, Any]], seconds: float, weights: str) -> str:
     lines = [f"In-browser speed, {seconds:g} s of speech, weights {weights}, onnxruntime-web WebAssembly "
              "(Chromium headless)", "",
-             "| threads | isolated | encode ms | encode x RT | decode ms | decode x RT | stream step ms (median) "
-             "| stream decode x RT |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| graphs | threads | isolated | encode ms | encode x RT | decode ms | decode x RT "
+             "| stream step ms (median) | stream decode x RT | 2 frames/step: x RT | 4 frames/step: x RT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         stream = (f"{row['streamFrameMsMedian']:.1f} | {row['streamDecodeRealtime']:.2f}"
                   if "streamFrameMsMedian" in row else "n/a | n/a")
-        lines.append(f"| {row['numThreads']} | {'yes' if row['crossOriginIsolated'] else 'no'} | "
+        for frames in (2, 4):
+            key = f"stream{frames}DecodeRealtime"
+            stream += f" | {row[key]:.2f}" if key in row else " | n/a"
+        isolated = "yes" if row["crossOriginIsolated"] else "no"
+        lines.append(f"| {row.get('variant', 'fp32')} | {row['numThreads']} | {isolated} | "
                      f"{row['encodeMs']:.0f} | {row['encodeRealtime']:.2f} | {row['decodeMs']:.0f} | "
                      f"{row['decodeRealtime']:.2f} | {stream} |")
     return "\n".join(lines)
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", default=str(SPEECH_DIR / "real_sense_and_sensibility_01_austen_64kb-0870.wav"),
                         help="speech to tile to --seconds ('' for a synthetic signal)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per page run")
+    parser.add_argument("--variants", default="fp32",
+                        help="comma-separated graph variants to run (fp32, fp16, int8; the export must have them)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
@@ -123,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(weights, onnx_dir, port, Path(folder) / "serve.log")
         try:
             rows = []
-            for threads in (int(t) for t in args.threads.split(",")):
-                print(f"running the page with {threads} thread(s)…", file=sys.stderr)
+            runs = [(v.strip(), int(t)) for v in args.variants.split(",") for t in args.threads.split(",")]
+            for variant, threads in runs:
+                print(f"running the page with {variant} graphs, {threads} thread(s)…", file=sys.stderr)
                 rows.append(run_page(f"http://127.0.0.1:{port}/", threads, args.seconds, args.repeats, audio,
-                                     args.timeout))
+                                     args.timeout, variant))
                 print(json.dumps(rows[-1]), file=sys.stderr)  # kept even if a later run fails
         finally:
             server.terminate()

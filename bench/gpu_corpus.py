@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import os
 import sys
@@ -60,7 +59,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # runs from a plain checkout on the GPU machine (no pip install there)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 SPEECH_DIRS = [Path(os.environ.get("MIMISTACK_SPEECH_DIR", REPO.parent / "shared" / "speech")),
                REPO / "shared" / "speech"]
@@ -153,143 +151,37 @@ def hf_model(tensors: dict[str, np.ndarray], config: Any, device: torch.device) 
     return model.to(device).eval()
 
 
-class NhwcSeanet(torch.nn.Module):
-    """A SEANet stack (batch path, zero start state) run as 2-D convolutions on `[B, C, 1, T]` in channels-last
-    memory: cuDNN's tensor-core kernels want channels innermost. Same arithmetic as the 1-D modules."""
-
-    def __init__(self, seanet: torch.nn.Module) -> None:
-        super().__init__()
-        from mimistack.torch.conv import StreamingConv1d, StreamingConvTranspose1d
-        from mimistack.torch.seanet import ResnetBlock
-
-        self.ops: list[tuple[Any, ...]] = []
-        self.params = torch.nn.ParameterList()
-
-        def keep(tensor: torch.Tensor | None) -> torch.Tensor | None:
-            if tensor is None:
-                return None
-            param = torch.nn.Parameter(tensor.detach().clone(), requires_grad=False)
-            self.params.append(param)
-            return param
-
-        def conv(layer: Any) -> tuple[Any, ...]:
-            inner = layer.inner
-            weight = inner.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            return ("conv", keep(weight), keep(inner.bias), inner.stride[0], inner.dilation[0], inner.groups,
-                    layer.context, layer.pad_mode)
-
-        for layer in seanet.model:
-            if isinstance(layer, torch.nn.ELU):
-                self.ops.append(("elu",))
-            elif isinstance(layer, ResnetBlock):
-                self.ops.append(("res", conv(layer.block[1]), conv(layer.block[3])))
-            elif isinstance(layer, StreamingConv1d):
-                self.ops.append(conv(layer))
-            elif isinstance(layer, StreamingConvTranspose1d):
-                self.ops.append(self._polyphase(layer, keep))
-            else:
-                raise TypeError(f"unexpected SEANet layer {type(layer).__name__}")
-
-    @staticmethod
-    def _polyphase(layer: Any, keep: Callable[[torch.Tensor | None], torch.Tensor | None]) -> tuple[Any, ...]:
-        """A stride-s transposed convolution with kernel 2s, as a causal kernel-2 convolution to s * C_out channels
-        (one group of C_out per output phase) whose phases interleave for free in channels-last memory:
-        y[o, n*s + r] = sum_i W[i, o, r] x[i, n] + W[i, o, r + s] x[i, n - 1]. cuDNN's transposed-convolution
-        kernels are far slower than its forward ones at these shapes."""
-        inner = layer.inner
-        stride, kernel = inner.stride[0], inner.kernel_size[0]
-        if inner.groups != 1 or kernel != 2 * stride:
-            raise ValueError(f"polyphase form needs groups 1 and kernel 2 x stride, got {inner}")
-        weight = inner.weight.detach()  # [C_in, C_out, 2s]
-        channels_out = weight.shape[1]
-        taps = torch.stack([weight[:, :, stride:], weight[:, :, :stride]], dim=-1)  # [C_in, C_out, s, 2]: x[n-1], x[n]
-        taps = taps.permute(2, 1, 0, 3).reshape(stride * channels_out, weight.shape[0], 1, 2)
-        bias = None if inner.bias is None else inner.bias.detach().repeat(stride)
-        return ("polyphase", keep(taps.contiguous(memory_format=torch.channels_last)), keep(bias), stride,
-                channels_out)
-
-    @staticmethod
-    def _conv(op: tuple[Any, ...], x: torch.Tensor) -> torch.Tensor:
-        _, weight, bias, stride, dilation, groups, context, pad_mode = op
-        if context:
-            x = F.pad(x, (context, 0), mode="replicate" if pad_mode == "replicate" else "constant")
-        return F.conv2d(x, weight, bias, stride=(1, stride), dilation=(1, dilation), groups=groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, C, T]` -> `[B, C', T']`."""
-        h = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        for op in self.ops:
-            if op[0] == "elu":
-                h = F.elu(h)
-            elif op[0] == "res":
-                h = h + self._conv(op[2], F.elu(self._conv(op[1], F.elu(h))))
-            elif op[0] == "conv":
-                h = self._conv(op, h)
-            else:
-                _, weight, bias, stride, channels_out = op
-                z = F.conv2d(F.pad(h, (1, 0)), weight, bias)  # [B, s*C_out, 1, T], memory [B, 1, T, s*C_out]
-                batch, _, _, steps = z.shape
-                h = z.permute(0, 2, 3, 1).reshape(batch, 1, steps * stride, channels_out).permute(0, 3, 1, 2)
-        return h.squeeze(2).contiguous()
-
-
-class _Seanet1d(torch.nn.Module):
-    """The 1-D module with the batch-path call signature of NhwcSeanet."""
-
-    def __init__(self, seanet: torch.nn.Module) -> None:
-        super().__init__()
-        self.seanet = seanet
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.seanet(x)[0]
-
-
 class FastEncoder(torch.nn.Module):
-    """SEANet + transformer + downsample in `dtype` (compiled when asked), the quantizer in strict fp32."""
+    """The library's fast path (`mimistack.torch.fast.FastMimi`), encode side, with the bench's call shape."""
 
-    def __init__(self, model: Any, dtype: torch.dtype, nhwc: bool = False) -> None:
+    def __init__(self, fast: Any) -> None:
         super().__init__()
-        self.dtype = dtype
-        seanet = copy.deepcopy(model.encoder).to(dtype)
-        self.encoder = NhwcSeanet(seanet) if nhwc else _Seanet1d(seanet)
-        self.encoder_transformer = copy.deepcopy(model.encoder_transformer).to(dtype)
-        self.downsample = copy.deepcopy(model.downsample).to(dtype)
-        self.quantizer = model.quantizer
-        self.stack: Callable[[torch.Tensor], torch.Tensor] = self._stack
-
-    def _stack(self, pcm: torch.Tensor) -> torch.Tensor:
-        x = self.encoder(pcm.to(self.dtype))
-        x, _ = self.encoder_transformer(x, None, "window")
-        x, _ = self.downsample(x)
-        return x.float()
+        self.fast = fast
+        self.dtype = fast.dtype
+        self.encoder = fast.encoder
+        self.encoder_transformer = fast.encoder_transformer
+        self.downsample = fast.downsample
+        self.quantizer = fast.quantizer
 
     def forward(self, pcm: torch.Tensor) -> torch.Tensor:
-        latent = self.stack(pcm)
-        with precision(False, False, torch.backends.cudnn.benchmark):  # nearest-centroid search stays exact
-            return self.quantizer.encode(latent)
+        return self.fast.encode(pcm)
 
 
 class FastDecoder(torch.nn.Module):
-    """Latent sum in fp32, then upsample + transformer + SEANet decoder in `dtype` (compiled when asked)."""
+    """The library's fast path, decode side (all levels)."""
 
-    def __init__(self, model: Any, dtype: torch.dtype, nhwc: bool = False) -> None:
+    def __init__(self, fast: Any) -> None:
         super().__init__()
-        self.dtype = dtype
-        self.quantizer = model.quantizer
-        self.upsample = copy.deepcopy(model.upsample).to(dtype)
-        self.decoder_transformer = copy.deepcopy(model.decoder_transformer).to(dtype)
-        seanet = copy.deepcopy(model.decoder).to(dtype)
-        self.decoder = NhwcSeanet(seanet) if nhwc else _Seanet1d(seanet)
-        self.levels = list(range(model.config.num_levels))
-        self.stack: Callable[[torch.Tensor], torch.Tensor] = self._stack
-
-    def _stack(self, latent: torch.Tensor) -> torch.Tensor:
-        x, _ = self.upsample(latent.to(self.dtype))
-        x, _ = self.decoder_transformer(x, None, "window")
-        return self.decoder(x).float()
+        self.fast = fast
+        self.dtype = fast.dtype
+        self.quantizer = fast.quantizer
+        self.upsample = fast.upsample
+        self.decoder_transformer = fast.decoder_transformer
+        self.decoder = fast.decoder
+        self.levels = list(range(fast.config.num_levels))
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.stack(self.quantizer.decode(codes, self.levels))
+        return self.fast.decode(codes, self.levels)
 
 
 def stage_profile(encoder: FastEncoder, decoder: FastDecoder, pinned: torch.Tensor, codes: np.ndarray | None,
@@ -337,9 +229,10 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=210.0, help="seconds for the whole script")
     parser.add_argument("--quick", action="store_true", help="batch 2 x 1 s, 1 warm-up, 1 iteration (a smoke run)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the fast paths")
-    parser.add_argument("--only", default="", help="comma-separated subset of: hf, ours, fast")
-    parser.add_argument("--fast", default="bf16-nhwc,tf32-nhwc,bf16",
-                        help="fast variants in order: bf16-nhwc, bf16, tf32-nhwc, tf32 (later ones may not fit the "
+    parser.add_argument("--only", default="", help="comma-separated subset of: hf, ours, codec, fast")
+    parser.add_argument("--fast", default="bf16-nhwc,fp32-nhwc,tf32-nhwc",
+                        help="fast variants in order: bf16-nhwc, bf16, tf32-nhwc, tf32, fp32-nhwc (TF32 off) (later "
+                             "ones may not fit the "
                              "budget)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage timing of the fast path")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -348,11 +241,12 @@ def main() -> int:
         args.batch, args.seconds, args.warmup, args.iters = 2, 1.0, 1, 1
     budget = Budget(args.budget)
     device = torch.device(args.device)
-    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or {"hf", "ours", "fast"}
+    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or {"hf", "ours", "codec", "fast"}
 
     from mimistack import __version__
     from mimistack.codec import Codec
     from mimistack.testing import write_random_checkpoint
+    from mimistack.torch.fast import FastMimi
     from mimistack.torch.mimi import MimiModel
     from mimistack.weights import load_weights
 
@@ -438,6 +332,25 @@ def main() -> int:
         attempt("ours bf16 autocast", "encode", lambda: ours_encode(codec16, False))
         attempt("ours bf16 autocast", "decode", lambda: ours_decode(codec16, False))
         del codec16
+    if "codec" in wanted:
+        # The integrated fast path, as the corpus pipeline's GPU actors run it: numpy in and out.
+        codec_fast = Codec.load(checkpoint, device=args.device, dtype="bfloat16", fast=True,
+                                compile=not args.no_compile)
+        def codec_encode() -> tuple[float, str]:
+            with precision(False, False, True), torch.inference_mode():  # the engine keeps its quantizer strict
+                grids, seconds = timed(lambda: codec_fast.encode_batch(signals), device, args.warmup, args.iters,
+                                       budget)
+            return seconds, agreement(np.stack([g.codes for g in grids]))
+
+        def codec_decode() -> tuple[float, str]:
+            with precision(False, False, True), torch.inference_mode():
+                pcms, seconds = timed(lambda: codec_fast.decode_batch(reference["grids"]), device, args.warmup,
+                                      args.iters, budget)
+            return seconds, quality(np.stack(pcms))
+
+        attempt("Codec(fast=True) bf16", "encode", codec_encode, need=60)
+        attempt("Codec(fast=True) bf16", "decode", codec_decode, need=60)
+        del codec_fast
 
     # -- transformers reference -------------------------------------------------------------------------------
     if "hf" in wanted:
@@ -481,11 +394,8 @@ def main() -> int:
         compile_ok = not args.no_compile
 
         def fast(dtype: torch.dtype, nhwc: bool, compiled: bool) -> tuple[FastEncoder, FastDecoder]:
-            encoder, decoder = FastEncoder(model, dtype, nhwc), FastDecoder(model, dtype, nhwc)
-            if compiled:
-                encoder.stack = torch.compile(encoder._stack, dynamic=False)
-                decoder.stack = torch.compile(decoder._stack, dynamic=False)
-            return encoder, decoder
+            mimi = FastMimi(model, dtype, channels_last=nhwc, compile=compiled).eval()
+            return FastEncoder(mimi), FastDecoder(mimi)
 
         def fast_encode(encoder: FastEncoder, tf32: bool) -> tuple[float, str]:
             def run() -> np.ndarray:
@@ -517,13 +427,15 @@ def main() -> int:
         if budget.left > 30 and not args.no_profile:
             try:
                 for nhwc in (False, True):
-                    stage_profile(FastEncoder(model, torch.bfloat16, nhwc), FastDecoder(model, torch.bfloat16, nhwc),
-                                  pinned, reference.get("codes"), device, "nhwc" if nhwc else "1-d")
+                    mimi = FastMimi(model, torch.bfloat16, channels_last=nhwc).eval()
+                    stage_profile(FastEncoder(mimi), FastDecoder(mimi), pinned, reference.get("codes"), device,
+                                  "nhwc" if nhwc else "1-d")
             except Exception as error:
                 print(f"  stage profile failed: {type(error).__name__}: {error}", flush=True)
         variants = {"bf16-nhwc": ("fast bf16 nhwc", torch.bfloat16, False, True),
                     "bf16": ("fast bf16", torch.bfloat16, False, False),
                     "tf32-nhwc": ("fast tf32 nhwc", torch.float32, True, True),
+                    "fp32-nhwc": ("fast fp32 strict nhwc", torch.float32, False, True),
                     "tf32": ("fast tf32", torch.float32, True, False)}
         for key in [v.strip() for v in args.fast.split(",") if v.strip()]:
             label, dtype, tf32, nhwc = variants[key]

@@ -217,6 +217,24 @@ def test_refuses_a_second_concurrent_run(tokenized: Path, audio_dir: Path, tiny_
         tokenize_corpus(audio_dir, tokenized, tiny_checkpoint)
 
 
+def test_fast_path_through_the_cli(ray_cluster: object, audio_dir: Path, tiny_checkpoint: Path,
+                                  reference: dict[str, np.ndarray], tmp_path: Path) -> None:
+    """--fast runs the engine's whole-input path in the actors; in float32 that is the same function in another
+    summation order, and the manifest records the setting."""
+    out = tmp_path / "fast"
+    assert main(["tokenize-corpus", str(audio_dir), "-o", str(out), "--weights", str(tiny_checkpoint), "--fast",
+                 "-q"]) == 0
+    records = {r.id: r.grid.codes for r in corpus.open(out)}
+    assert sorted(records) == sorted(reference)
+    for key, codes in records.items():
+        assert codes.shape == reference[key].shape
+        assert float((codes == reference[key]).mean()) >= 0.97, key
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["last_run"]["fast"] is True
+    assert main(["tokenize-corpus", str(audio_dir), "-o", str(tmp_path / "x"), "--weights", str(tiny_checkpoint),
+                 "--fast", "--engine", "onnx", "-q"]) == 2
+
+
 def test_cli_reports_bad_input(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["tokenize-corpus", str(tmp_path / "missing"), "-o", str(tmp_path / "out"), "--weights",
                  str(tiny_checkpoint), "-q"])

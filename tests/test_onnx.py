@@ -515,3 +515,74 @@ def test_cli_encode_and_decode_with_the_onnx_engine(onnx_dir: Path, tmp_path: Pa
     pcm = load_audio(speech[0])
     assert_codes_match(tiny_codec, pcm, grid.codes, tiny_codec.encode(pcm).codes)
     assert len(load_audio(audio)) == grid.num_samples
+
+
+def test_cli_and_codec_select_an_onnx_variant(onnx_dir: Path, tmp_path: Path, speech: list[Path],
+                                             onnx_codec: Codec, capsys: pytest.CaptureFixture[str]) -> None:
+    from mimistack import cli
+    from mimistack.audio import load_audio
+    from mimistack.tokens import TokenGrid
+
+    codec = Codec.load(engine="onnx", onnx_dir=onnx_dir, onnx_variant="fp16")
+    assert codec.engine.variant == "fp16"  # type: ignore[attr-defined]
+    tokens, audio = tmp_path / "speech.mimi", tmp_path / "speech.wav"
+    assert cli.main(["encode", str(speech[0]), "-o", str(tokens), "--engine", "onnx", "--onnx", str(onnx_dir),
+                     "--onnx-variant", "int8", "-q"]) == 0
+    assert cli.main(["decode", str(tokens), "-o", str(audio), "--engine", "onnx", "--onnx", str(onnx_dir),
+                     "--onnx-variant", "fp16", "-q"]) == 0
+    grid = TokenGrid.load(tokens)
+    want = codec.decode(grid)
+    got = load_audio(audio)
+    assert got.shape == want.shape and relative_l2(got, want) < 1e-3  # wav is 16-bit or float; fp16 either way
+    capsys.readouterr()
+    assert cli.main(["encode", str(speech[0]), "-o", str(tmp_path / "x.mimi"), "--weights", "random-tiny",
+                     "--onnx-variant", "int8", "-q"]) == 2
+    assert "--onnx-variant int8 needs --engine onnx" in capsys.readouterr().err
+    assert not (tmp_path / "x.mimi").exists()
+    with pytest.raises(EngineError, match="needs engine='onnx'"):
+        Codec.load("random-tiny", onnx_variant="int8")
+
+
+def test_shared_thread_pool_gives_the_same_results_and_keeps_export_checks_working(onnx_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """The `mimistack` program runs every session on one ONNX Runtime pool (much faster streaming on 2 cores). In
+    its own process (ONNX Runtime then refuses sessions with private pools, so never inside pytest's)."""
+    script = tmp_path / "shared.py"
+    script.write_text(f"""
+import numpy as np
+from mimistack.codec import Codec
+from mimistack.engine.onnx import OnnxEngine, prefer_shared_thread_pool, shared_pool_threads
+from mimistack.engine.export import _session
+from mimistack.testing import synthetic_signal
+
+folder = {str(onnx_dir)!r}
+private = Codec(OnnxEngine(folder, thread_pool="session"))
+pcm = synthetic_signal(1.2, seed=3)
+want = private.encode(pcm)
+prefer_shared_thread_pool()
+shared = Codec(OnnxEngine(folder, num_threads=2))
+assert shared.engine.thread_pool == "shared" and shared_pool_threads() == 2
+assert Codec(OnnxEngine(folder, num_threads=1, thread_pool="session")).engine.thread_pool == "shared"  # ORT's rule
+stream = shared.stream_encoder()
+codes = np.concatenate([stream.push(pcm[i:i + 1920]) for i in range(0, len(pcm), 1920)] + [stream.flush()], axis=1)
+assert np.array_equal(shared.encode(pcm).codes, want.codes)
+assert (codes == want.codes).mean() >= 0.99, (codes == want.codes).mean()
+assert np.allclose(shared.decode(want), private.decode(want), atol=1e-5)  # private's new sessions: shared too
+assert private.engine.thread_pool == "shared"
+_session(__import__("pathlib").Path(folder) / "embed.onnx")  # export checks still open sessions
+print("ok")
+""")
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0 and completed.stdout.strip().endswith("ok"), completed.stderr[-3000:]
+
+
+def test_the_program_entry_point_turns_the_shared_pool_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mimistack import cli
+    from mimistack.engine import onnx as onnx_engine
+
+    seen: list[bool] = []
+    monkeypatch.setattr(onnx_engine, "prefer_shared_thread_pool", lambda enabled=True: seen.append(enabled))
+    monkeypatch.setattr(sys, "argv", ["mimistack", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.entry()
+    assert exit_info.value.code == 0 and seen == [True]

@@ -246,6 +246,18 @@ def test_onnx_files_are_served_from_the_export_only(static_dir: Path, onnx_dir: 
                      "/models/.manifest.json", "/models/tiny.safetensors"):
             status, _, body = live.request("GET", path)
             assert status == 404 and SECRET.encode() not in body and b"not a model file" not in body, path
+        # Reduced-precision graphs (?variant= in the page) are served when the export has them, and only those.
+        assert live.request("GET", "/models/decoder_stream.int8.onnx")[0] == 404
+        variant = onnx_dir / "decoder_stream.int8.onnx"
+        variant.write_bytes(b"int8 graph bytes")
+        try:
+            status, _, body = live.request("GET", "/models/decoder_stream.int8.onnx")
+            assert status == 200 and body == b"int8 graph bytes"
+            (onnx_dir / "decoder_stream.int4.onnx").write_bytes(b"x")
+            assert live.request("GET", "/models/decoder_stream.int4.onnx")[0] == 404
+        finally:
+            variant.unlink()
+            (onnx_dir / "decoder_stream.int4.onnx").unlink(missing_ok=True)
 
 
 def test_missing_export_is_an_error_the_page_can_show(static_dir: Path, tmp_path: Path,

@@ -91,11 +91,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(exported: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mimistack serve` in a subprocess on 127.0.0.1; yields its URL."""
+    yield from _serve(tiny_checkpoint, tmp_path_factory)
+
+
+def _serve(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as output:
         process = subprocess.Popen([sys.executable, "-m", "mimistack.cli", "serve", "--weights", str(tiny_checkpoint),
-                                    "--port", str(port)], stdout=output, stderr=subprocess.STDOUT)
+                                    "--port", str(port), *extra], stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60
@@ -263,3 +267,30 @@ def test_live_stream_from_the_microphone(server: str, speech: list[Path], tiny_c
     error = np.abs(floats(out / "recorded_decoded_0-7.f32") - tiny_codec.decode(grid, "0-7")).max()
     assert error <= DECODE_TOLERANCE
 
+
+
+def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(tiny_checkpoint: Path, speech: list[Path],
+                                                                 tmp_path_factory: pytest.TempPathFactory,
+                                                                 tmp_path: Path) -> None:
+    """`?variant=int8` loads the int8 graphs of an export that has them; the page's benchmark hook streams with 1, 2
+    and 4 frames per decoder call (live mode's catch-up steps) and times each."""
+    from mimistack.engine.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("variants") / "onnx"
+    export_onnx(tiny_checkpoint, folder, variants=("fp32", "int8"), transformers_js=False)
+    audio = next(p for p in speech if p.name == SPEECH_FILE)
+    serving = _serve(tiny_checkpoint, tmp_path_factory, "--onnx", str(folder))
+    url = next(serving)
+    try:
+        out = _artifacts(tmp_path, "variant")
+        result = drive(url, out, "bench", audio, 240, "--variant", "int8", "--seconds", "2", "--repeats", "1",
+                       "--threads", "1")
+        check_clean(result, url)
+        bench = result["bench"]
+        assert bench["variant"] == "int8" and bench["numThreads"] == 1
+        int8_requests = [r["url"] for r in result["requests"] if ".int8.onnx" in r["url"]]
+        assert any("decoder_stream.int8.onnx" in u for u in int8_requests), result["requests"]
+        for key in ("streamDecodeRealtime", "stream2DecodeRealtime", "stream4DecodeRealtime"):
+            assert bench[key] > 0, key
+    finally:
+        serving.close()

@@ -43,6 +43,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     group.add_argument("--engine", choices=("torch", "onnx"), default="torch")
     group.add_argument("--onnx", dest="onnx_dir", default=None, help="folder of exported ONNX graphs (engine onnx)")
+    group.add_argument("--onnx-variant", choices=("fp32", "fp16", "int8"), default="fp32",
+                       help="which exported graphs the onnx engine runs: fp32 (exact) or a reduced-precision "
+                            "variant, if exported (export-onnx --fp16 / --int8; their errors are in BENCHMARKS.md)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (torch engine)")
     group.add_argument("--threads", type=int, default=None, help="CPU threads for the engine")
 
@@ -52,8 +55,11 @@ def load_codec(args: argparse.Namespace) -> Any:
 
     if args.weights in ("random", "random-tiny"):
         print(RANDOM_WARNING, file=sys.stderr)
+    variant = getattr(args, "onnx_variant", "fp32")
+    if variant != "fp32" and args.engine != "onnx":
+        raise CliError(f"--onnx-variant {variant} needs --engine onnx")
     return Codec.load(args.weights, engine=args.engine, device=args.device, revision=args.revision,
-                      onnx_dir=args.onnx_dir, num_threads=args.threads)
+                      onnx_dir=args.onnx_dir, num_threads=args.threads, onnx_variant=variant)
 
 
 def check_output(path: str | Path, force: bool) -> Path:
@@ -371,5 +377,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `mimistack` program: like `main`, plus one ONNX Runtime thread pool for the whole process (a process we
+    own, so no foreign ONNX Runtime session can be refused for it; see `engine.onnx.prefer_shared_thread_pool`)."""
+    from .engine.onnx import prefer_shared_thread_pool
+
+    prefer_shared_thread_pool()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

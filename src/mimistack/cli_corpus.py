@@ -25,7 +25,7 @@ def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
                              device=args.device, dtype=args.dtype, onnx_dir=args.onnx_dir, address=args.address,
                              num_cpus=args.num_cpus, encoders=args.encoders, threads=args.threads,
                              batch_seconds=args.batch_seconds, files_per_shard=args.files_per_shard,
-                             progress=not args.quiet)
+                             progress=not args.quiet, fast=args.fast)
     counts = result.manifest["counts"]
     print(f"{result.output}: {counts['rows']} utterances ({result.manifest['audio']['hours']:.3f} h) in "
           f"{counts['shards']} shards, {counts['errors']} bad files (errors.jsonl), {counts['pending']} pending")
@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction, command: CommandFactory) -> None:
                    help="Ray cluster address (default: a private local Ray on this machine)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="model arithmetic (torch engine); float32 reproduces Codec.encode exactly")
+    p.add_argument("--fast", action="store_true",
+                   help="torch engine: the whole-input fast path (channels-last, polyphase, compiled on CUDA); "
+                        "with --dtype bfloat16 on a GPU it is ~3x faster, but its codes differ from float32's on "
+                        "many tokens (BENCHMARKS.md)")
     p.add_argument("--batch-seconds", type=float, default=None,
                    help="padded audio seconds per encode call (default: 0 = one file per call on CPU, "
                         "exactly Codec.encode; 1280 on GPU)")

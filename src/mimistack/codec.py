@@ -64,9 +64,17 @@ class Codec:
     @classmethod
     def load(cls, weights: str | os.PathLike[str] = DEFAULT_WEIGHTS, *, engine: str = "torch", device: str = "cpu",
              revision: str | None = None, dtype: str = "float32", onnx_dir: str | os.PathLike[str] | None = None,
-             chunk_frames: int = DEFAULT_CHUNK_FRAMES, num_threads: int | None = None) -> Codec:
-        """Load weights (local file, hub id, or "random"/"random-tiny") on an engine ("torch" or "onnx")."""
+             chunk_frames: int = DEFAULT_CHUNK_FRAMES, num_threads: int | None = None, fast: bool = False,
+             compile: bool = False, onnx_variant: str = "fp32") -> Codec:
+        """Load weights (local file, hub id, or "random"/"random-tiny") on an engine ("torch" or "onnx").
+
+        `fast`/`compile` (torch engine only): the whole-input fast path for batch calls (`TorchEngine`), meant for
+        GPU corpus work with dtype="bfloat16"; codes then differ from the exact path's on some tokens.
+        `onnx_variant` (onnx engine only): "fp32" (exact), or "fp16"/"int8" graphs when they were exported.
+        """
         source = os.fspath(weights)
+        if engine != "onnx" and onnx_variant != "fp32":
+            raise EngineError(f"onnx_variant={onnx_variant!r} needs engine='onnx'")
         if source in RANDOM_WEIGHTS:
             weights = random_weights_path(source)
         if engine == "torch":
@@ -74,13 +82,15 @@ class Codec:
             from .weights import load_weights
 
             backend: Engine = TorchEngine(load_weights(weights, revision=revision), device=device, dtype=dtype,
-                                          num_threads=num_threads)
+                                          num_threads=num_threads, fast=fast, compile=compile)
         elif engine == "onnx":
+            if fast or compile:
+                raise EngineError("fast/compile are options of the torch engine, not of engine='onnx'")
             from .engine.onnx import load_onnx_engine
 
             backend = load_onnx_engine(weights=None if onnx_dir is not None and source == DEFAULT_WEIGHTS else weights,
                                        onnx_dir=onnx_dir, revision=revision, device=device,
-                                       num_threads=num_threads)
+                                       num_threads=num_threads, variant=onnx_variant)
         else:
             raise EngineError(f"unknown engine {engine!r}; expected 'torch' or 'onnx'")
         return cls(backend, chunk_frames=chunk_frames, source=source)
@@ -138,6 +148,8 @@ class Codec:
 
     def _encode_frames(self, batch: np.ndarray) -> np.ndarray:
         total = batch.shape[-1] // self.frame_size
+        if 0 < total <= getattr(self.engine, "whole_max_frames", 0):
+            return self.engine.encode_whole(batch)  # type: ignore[attr-defined]
         state = self.engine.init_encoder_state(batch.shape[0], "window")
         parts = []
         for start in range(0, total, self.chunk_frames):
@@ -202,6 +214,8 @@ class Codec:
 
     def _decode_frames(self, codes: np.ndarray, levels: Levels) -> np.ndarray:
         total = codes.shape[-1]
+        if 0 < total <= getattr(self.engine, "whole_max_frames", 0):
+            return self.engine.decode_whole(codes, levels)  # type: ignore[attr-defined]
         state = self.engine.init_decoder_state(codes.shape[0], "window")
         parts = []
         for start in range(0, total, self.chunk_frames):

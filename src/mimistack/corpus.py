@@ -488,11 +488,13 @@ class _Encoder:
     """Ray actor: holds one Codec (loaded once per actor) and encodes batches of decoded files."""
 
     def __init__(self, weights: str, revision: str | None, engine: str, device: str, dtype: str,
-                 onnx_dir: str | None, threads: int | None, batch_seconds: float, weights_sha256: str) -> None:
+                 onnx_dir: str | None, threads: int | None, batch_seconds: float, weights_sha256: str,
+                 fast: bool = False) -> None:
         from .codec import Codec
 
         self.codec = Codec.load(weights, engine=engine, device=device, revision=revision, dtype=dtype,
-                                onnx_dir=onnx_dir, num_threads=threads)
+                                onnx_dir=onnx_dir, num_threads=threads, fast=fast,
+                                compile=fast and device.startswith("cuda"))
         if self.codec.weights_sha256 != weights_sha256:
             raise CorpusError(f"the encoder on this node loaded weights {self.codec.weights_sha256[:16]}…, the "
                               f"driver planned {weights_sha256[:16]}…; every node needs the same weights file")
@@ -614,7 +616,7 @@ def tokenize_corpus(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
                     onnx_dir: str | os.PathLike[str] | None = None, address: str | None = None,
                     num_cpus: int | None = None, encoders: int | None = None, threads: int | None = None,
                     batch_seconds: float | None = None, files_per_shard: int = DEFAULT_FILES_PER_SHARD,
-                    progress: bool = False) -> TokenizeResult:
+                    progress: bool = False, fast: bool = False) -> TokenizeResult:
     """Tokenize every input file into Parquet shards under `output` (created, or resumed if it exists).
 
     `inputs`: folders, globs, manifests or files (see `collect_inputs`). `address`: a Ray cluster (default: a
@@ -624,9 +626,12 @@ def tokenize_corpus(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
     audio seconds per encode call; 0 (the CPU default) encodes one file per call, which gives exactly the codes
     of `Codec.encode` on that file; batching (the GPU default, 1280 s) is faster but float rounding then depends
     on the batch, which can flip a few near-tie tokens, as a different device does. Bad files are recorded with
-    their reason and never stop the job.
+    their reason and never stop the job. `fast` (torch engine): the whole-input fast path of `TorchEngine`
+    (compiled on CUDA), for GPU runs with dtype="bfloat16"; its codes differ from fp32's on many tokens.
     """
     started = time.perf_counter()
+    if fast and engine != "torch":
+        raise CorpusError("fast=True is an option of the torch engine")
     folder = Path(output)
     weights = os.fspath(weights)
     if files_per_shard <= 0:
@@ -652,9 +657,9 @@ def tokenize_corpus(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
                           engine=engine, device=device, dtype=dtype,
                           onnx_dir=None if onnx_dir is None else os.fspath(onnx_dir), address=address,
                           num_cpus=num_cpus, encoders=encoders, threads=threads, batch_seconds=batch_seconds,
-                          progress=progress, started=started)
+                          progress=progress, started=started, fast=fast)
         manifest = _write_summary(folder, plan, inputs, weights, identity,
-                                  {"engine": engine, "device": device, "dtype": dtype})
+                                  {"engine": engine, "device": device, "dtype": dtype, "fast": fast})
     elapsed = time.perf_counter() - started
     return TokenizeResult(folder, plan.num_files, skipped, int(counts["processed"]), int(counts["rows"]),
                           int(counts["errors"]), float(counts["seconds"]), elapsed, manifest)
@@ -663,7 +668,8 @@ def tokenize_corpus(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[
 def _run_pipeline(plan: _Plan, pending: list[int], folder: Path, identity: _WeightsIdentity, counts: dict[str, Any],
                   skipped: int, *, weights: str, revision: str | None, engine: str, device: str, dtype: str,
                   onnx_dir: str | None, address: str | None, num_cpus: int | None, encoders: int | None,
-                  threads: int | None, batch_seconds: float | None, progress: bool, started: float) -> None:
+                  threads: int | None, batch_seconds: float | None, progress: bool, started: float,
+                  fast: bool = False) -> None:
     ray = _import_ray()
     from .codec import RANDOM_WEIGHTS
 
@@ -677,14 +683,14 @@ def _run_pipeline(plan: _Plan, pending: list[int], folder: Path, identity: _Weig
         _run_ray(ray, rows, plan, pending, folder, identity, counts, skipped, weights=weights, revision=revision,
                  engine=engine, device=device, dtype=dtype, onnx_dir=onnx_dir, address=address, num_cpus=num_cpus,
                  encoders=encoders, threads=threads, batch_seconds=batch_seconds, progress=progress,
-                 started=started)
+                 started=started, fast=fast)
 
 
 def _run_ray(ray: Any, rows: list[dict[str, Any]], plan: _Plan, pending: list[int], folder: Path,
              identity: _WeightsIdentity, counts: dict[str, Any], skipped: int, *, weights: str, revision: str | None,
              engine: str, device: str, dtype: str, onnx_dir: str | None, address: str | None, num_cpus: int | None,
              encoders: int | None, threads: int | None, batch_seconds: float | None, progress: bool,
-             started: float) -> None:
+             started: float, fast: bool = False) -> None:
     owns_ray = _start_ray(ray, address, num_cpus)
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
@@ -704,7 +710,7 @@ def _run_ray(ray: Any, rows: list[dict[str, Any]], plan: _Plan, pending: list[in
                                                        "device": device, "dtype": dtype, "onnx_dir": onnx_dir,
                                                        "threads": None if gpu else resources["num_cpus"],
                                                        "batch_seconds": seconds,
-                                                       "weights_sha256": identity.sha256},
+                                                       "weights_sha256": identity.sha256, "fast": fast},
                                 **resources))
         waiting: dict[int, dict[int, dict[str, Any]]] = {u: {} for u in pending}
         batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
@@ -793,7 +799,7 @@ def _shard_meta(path: Path) -> dict[str, Any]:
 
 
 def _write_summary(folder: Path, plan: _Plan, inputs: Any, weights: str, identity: _WeightsIdentity,
-                   engine: dict[str, str]) -> dict[str, Any]:
+                   engine: dict[str, Any]) -> dict[str, Any]:
     """Rewrite errors.jsonl and manifest.json from the shards on disk (so they are right after any crash)."""
     done = sorted(_completed_units(folder))
     shards, errors = [], []

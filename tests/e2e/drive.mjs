@@ -19,7 +19,7 @@ const { chromium } = createRequire(join(webDir, 'package.json'))('playwright-cor
 const { values: args } = parseArgs({
   options: {
     url: { type: 'string' }, out: { type: 'string' }, scenario: { type: 'string', default: 'roundtrip' },
-    file: { type: 'string' }, threads: { type: 'string' }, seconds: { type: 'string', default: '10' },
+    file: { type: 'string' }, threads: { type: 'string' }, variant: { type: 'string', default: 'fp32' }, seconds: { type: 'string', default: '10' },
     repeats: { type: 'string', default: '3' }, 'live-seconds': { type: 'string', default: '3' },
     timeout: { type: 'string', default: '240' }, chromium: { type: 'string', default: '/usr/bin/chromium' },
     // Try the WebGPU execution provider on Chromium's software adapter (SwiftShader): a manual check, not CI.
@@ -151,7 +151,7 @@ async function live(page) {
 }
 
 async function bench(page) {
-  await page.goto(`${args.url}?threads=${args.threads ?? 1}&ep=wasm`);
+  await page.goto(`${args.url}?threads=${args.threads ?? 1}&ep=wasm&variant=${args.variant}`);
   result.engine = await engineReady(page);
   if (args.file) {
     await page.setInputFiles('#file', args.file);

@@ -10,6 +10,9 @@
 import type { Engine } from './engine/client';
 import type { LevelSelection } from './levels';
 
+/** Most frames one catch-up call may take (4 = 320 ms of audio). */
+export const MAX_FRAMES_PER_STEP = 4;
+
 export interface LiveFrame {
   index: number;
   /** float32 [frameSize] captured from the microphone. */
@@ -45,7 +48,10 @@ export interface CaptureResult {
 export class Capture {
   private readonly chunks: Float32Array[] = [];
   private readonly columns: Uint16Array[] = [];
+  /** Frames captured and not yet sent to the models (index into `chunks`, padded pcm). */
+  private readonly queue: { index: number; pcm: Float32Array }[] = [];
   private chain: Promise<void> = Promise.resolve();
+  private pumping = false;
   private received = 0;
   private processed = 0;
   private failure: Error | null = null;
@@ -81,27 +87,60 @@ export class Capture {
   private frame(pcm: Float32Array): void {
     this.chunks.push(pcm);
     this.received += pcm.length;
-    const index = this.chunks.length - 1;
-    this.chain = this.chain.then(() => this.step(pcm, index));
+    this.enqueue(pcm, this.chunks.length - 1);
   }
 
-  private async step(pcm: Float32Array, index: number): Promise<void> {
+  private enqueue(pcm: Float32Array, index: number): void {
+    this.queue.push({ index, pcm });
+    if (!this.pumping) {
+      this.pumping = true;
+      this.chain = this.chain.then(() => this.pump());
+    }
+  }
+
+  /** Send queued frames to the models until none are left: one frame per call while the models keep up, and all
+   * the frames waiting (up to MAX_FRAMES_PER_STEP) in one call after they fell behind, which costs much less per
+   * frame, so a slow machine catches up instead of drifting further behind. */
+  private async pump(): Promise<void> {
+    try {
+      while (this.queue.length) {
+        const batch = this.queue.splice(0, MAX_FRAMES_PER_STEP);
+        await this.step(batch);
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private async step(batch: { index: number; pcm: Float32Array }[]): Promise<void> {
     const engine = this.options.engine;
+    const frameSize = this.options.frameSize;
     if (!engine) {
-      this.options.onFrame({ index, input: pcm, output: null, codes: null, encodeMilliseconds: 0, decodeMilliseconds: 0, backlog: 0 });
+      for (const { index, pcm } of batch) {
+        this.options.onFrame({ index, input: pcm, output: null, codes: null, encodeMilliseconds: 0, decodeMilliseconds: 0, backlog: 0 });
+      }
       return;
     }
     if (this.failure) return;
     try {
-      const result = await engine.streamStep(pcm, this.options.selection());
-      this.columns.push(result.codes);
-      this.processed += 1;
-      const output = result.pcm.slice(); // the original goes to the audio thread
-      this.node.port.postMessage({ type: 'play', pcm: result.pcm }, [result.pcm.buffer]);
-      this.options.onFrame({
-        index, input: pcm, output, codes: result.codes, encodeMilliseconds: result.encodeMilliseconds,
-        decodeMilliseconds: result.decodeMilliseconds, backlog: this.chunks.length - this.processed,
-      });
+      const joined = new Float32Array(batch.length * frameSize);
+      batch.forEach(({ pcm }, k) => joined.set(pcm, k * frameSize));
+      const result = await engine.streamStep(joined, this.options.selection());
+      const count = result.numFrames;
+      const levels = result.codes.length / count;
+      for (let k = 0; k < count; k++) {
+        const column = new Uint16Array(levels);
+        for (let level = 0; level < levels; level++) column[level] = result.codes[level * count + k];
+        this.columns.push(column);
+        this.processed += 1;
+        const output = result.pcm.slice(k * frameSize, (k + 1) * frameSize);
+        this.node.port.postMessage({ type: 'play', pcm: output.slice() }, []);
+        this.options.onFrame({
+          index: batch[k].index, input: batch[k].pcm, output, codes: column,
+          encodeMilliseconds: result.encodeMilliseconds / count, decodeMilliseconds: result.decodeMilliseconds / count,
+          backlog: this.chunks.length - this.processed,
+        });
+      }
     } catch (error) {
       this.failure = error instanceof Error ? error : new Error(String(error));
     }
@@ -122,8 +161,7 @@ export class Capture {
       this.received += tail.pcm.length;
       const padded = new Float32Array(this.options.frameSize);
       padded.set(tail.pcm);
-      const index = this.chunks.length - 1;
-      this.chain = this.chain.then(() => this.step(padded, index));
+      this.enqueue(padded, this.chunks.length - 1);
     }
     await this.chain;
     await this.context.close();

@@ -13,7 +13,7 @@
 import './styles.css';
 import { decodeAudioFile, download, encodeWav } from './audio-io';
 import { Engine } from './engine/client';
-import type { ExecutionPreference, ModelDescription, Progress } from './engine/messages';
+import type { ExecutionPreference, ModelDescription, Progress, Variant } from './engine/messages';
 import { bytesToBase64, gridDuration, type TokenGrid } from './grid';
 import { Capture, type LiveFrame } from './live';
 import { bitrate, formatBitrate, LevelSelection } from './levels';
@@ -107,7 +107,8 @@ function describeEngine(): string {
   if (!state.model) return 'loading models…';
   const m = state.model;
   const threads = m.executionProvider === 'wasm' ? ` · ${m.numThreads} thread${m.numThreads === 1 ? '' : 's'}` : '';
-  return `${m.executionProvider === 'webgpu' ? 'WebGPU' : 'WebAssembly'}${threads}${m.streaming ? ' · live ready' : ''}`;
+  const variant = m.variant && m.variant !== 'fp32' ? ` · ${m.variant} graphs` : '';
+  return `${m.executionProvider === 'webgpu' ? 'WebGPU' : 'WebAssembly'}${threads}${variant}${m.streaming ? ' · live ready' : ''}`;
 }
 
 function renderStatus(): void {
@@ -168,6 +169,15 @@ function newTake(name: string, bytes: Uint8Array | null, original: Float32Array 
 
 function sampleRate(): number {
   return state.info?.sample_rate ?? 24000;
+}
+
+/** `?variant=fp16|int8`: reduced-precision graphs (if the export has them; errors vs fp32 in its manifest). */
+function graphVariant(): Variant {
+  const wanted = params.get('variant') ?? 'fp32';
+  if (wanted !== 'fp32' && wanted !== 'fp16' && wanted !== 'int8') {
+    throw new Error(`unknown ?variant=${wanted}; expected fp32, fp16 or int8`);
+  }
+  return wanted;
 }
 
 function browserLimitSeconds(): number {
@@ -336,6 +346,7 @@ async function startEngine(): Promise<Engine> {
     await waitForGraphs();
     state.model = await engine.init({
       modelBase: '/models/', wasmPaths: '/ort/', numThreads, executionProvider, streaming: params.get('streaming') !== '0',
+      variant: graphVariant(),
     }, showLoadProgress);
     progress(null);
     return engine;
@@ -524,6 +535,8 @@ interface BenchOptions {
   repeats?: number;
   levels?: string;
   stream?: boolean;
+  /** Frames per streaming-decoder call to time besides 1 (default 2 and 4). */
+  framesPerStep?: number[];
 }
 
 async function bench(options: BenchOptions = {}): Promise<Record<string, unknown>> {
@@ -553,15 +566,23 @@ async function bench(options: BenchOptions = {}): Promise<Record<string, unknown
   }
   const result: Record<string, unknown> = {
     seconds, repeats, levels: selection.toString(), executionProvider: model.executionProvider, numThreads: model.numThreads,
+    variant: model.variant,
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     encodeMs: median(encodeMs), decodeMs: median(decodeMs),
     encodeRealtime: seconds / (median(encodeMs) / 1000), decodeRealtime: seconds / (median(decodeMs) / 1000),
   };
   if (model.streaming && options.stream !== false) {
-    const stream = await engine.streamDecode(grid, selection);
+    // Frame by frame (live mode while it keeps up), then 2 and 4 frames per call (live mode catching up).
+    const stream = await engine.streamDecode(grid, selection, 1);
     const total = stream.stepMilliseconds.reduce((a, b) => a + b, 0);
     result.streamFrameMsMedian = median(stream.stepMilliseconds);
     result.streamDecodeRealtime = seconds / (total / 1000);
+    for (const framesPerStep of options.framesPerStep ?? [2, 4]) {
+      const chunked = await engine.streamDecode(grid, selection, framesPerStep);
+      const sum = chunked.stepMilliseconds.reduce((a, b) => a + b, 0);
+      result[`stream${framesPerStep}StepMsMedian`] = median(chunked.stepMilliseconds);
+      result[`stream${framesPerStep}DecodeRealtime`] = seconds / (sum / 1000);
+    }
   }
   return result;
 }

@@ -620,9 +620,10 @@ def _int8(onnx: Any, model: Any, work_dir: Path) -> Any:
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.log_severity_level = 3
+    from .onnx import session_options, shared_pool_threads
+
+    threads = shared_pool_threads()
+    options = session_options(threads or 2, shared_pool=threads is not None)  # ORT refuses a private pool then
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -165,9 +166,57 @@ def load_codebooks(path: str | os.PathLike[str]) -> CodebookTables:
 
 
 # -- sessions -------------------------------------------------------------------------------------------------
-def session_options(num_threads: int | None = None, optimization: str = "all", spinning: bool = True) -> Any:
+_shared_pool_threads: int | None = None  # size of the process-wide pool mimistack created, -1: could not
+_shared_pool_lock = threading.Lock()
+_prefer_shared_pool = os.environ.get("MIMISTACK_ORT_SHARED_POOL", "") == "1"
+
+
+def prefer_shared_thread_pool(enabled: bool = True) -> None:
+    """Let engines made with `thread_pool="auto"` (the default) run on one process-wide ONNX Runtime thread pool.
+
+    Why: each session otherwise owns a pool whose threads spin for a while after every run; a stream alternates the
+    encoder, embed and decoder sessions, so on a 2-core machine one session's spinning threads steal the core the
+    next one needs (measured: 66 + 57 ms per streamed frame with per-session pools, 28 + 24 ms with one shared
+    pool; BENCHMARKS.md). The catch: once ONNX Runtime has a global pool, every other session in the process must
+    be created with `use_per_session_threads = False`, or ONNX Runtime refuses it. So it is opt-in for library
+    users (this call, or MIMISTACK_ORT_SHARED_POOL=1); the `mimistack` program turns it on for itself.
+    """
+    global _prefer_shared_pool
+    _prefer_shared_pool = enabled
+
+
+def shared_pool_threads() -> int | None:
+    """Threads of the process-wide pool if mimistack created one, else None."""
+    return _shared_pool_threads if _shared_pool_threads and _shared_pool_threads > 0 else None
+
+
+def shared_thread_pool(num_threads: int) -> bool:
+    """Create the process-wide pool with `num_threads` threads if there is none yet; whether there is one now.
+
+    Once it exists, ONNX Runtime runs every later session on it (it refuses private pools), whatever thread count
+    that session asked for."""
+    global _shared_pool_threads
+    import onnxruntime as ort
+
+    with _shared_pool_lock:
+        if _shared_pool_threads is None:
+            try:
+                ort.set_global_thread_pool_sizes(num_threads, 1)
+                _shared_pool_threads = num_threads
+            except Exception as error:  # an onnxruntime without it
+                logger.info("no shared ONNX Runtime thread pool (%s); sessions get their own", error)
+                _shared_pool_threads = -1
+        if _shared_pool_threads > 0 and _shared_pool_threads != num_threads:
+            logger.info("ONNX Runtime's shared pool has %d threads; %d were asked for", _shared_pool_threads,
+                        num_threads)
+        return _shared_pool_threads > 0
+
+
+def session_options(num_threads: int | None = None, optimization: str = "all", spinning: bool = True,
+                    shared_pool: bool = False) -> Any:
     """ONNX Runtime options: `num_threads` intra-op threads (default 2), sequential execution, and a graph
-    optimisation level ("disable", "basic", "extended", "all")."""
+    optimisation level ("disable", "basic", "extended", "all"). `shared_pool`: run on the process-wide pool made
+    by `shared_thread_pool` (the thread count is then that pool's)."""
     import onnxruntime as ort
 
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -181,10 +230,13 @@ def session_options(num_threads: int | None = None, optimization: str = "all", s
         raise EngineError(f"num_threads must be at least 1, got {threads}")
     options = ort.SessionOptions()
     options.graph_optimization_level = levels[optimization]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # ORT's warnings about unused initializers etc. are noise to a user
+    if shared_pool:
+        options.use_per_session_threads = False
+        return options
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
@@ -215,13 +267,16 @@ class OnnxStreamState:
 
 class OnnxEngine:
     """Mimi on ONNX Runtime from an export folder. `variant`: "fp32" (exact), "fp16" or "int8" (if exported; their
-    measured error is in the manifest). `optimization`: ONNX Runtime graph optimisation level."""
+    measured error is in the manifest). `optimization`: ONNX Runtime graph optimisation level. `thread_pool`:
+    "session" (a pool per session; `spinning`: whether its idle threads spin), "shared" (ONNX Runtime's
+    process-wide pool, much faster when streaming: see `prefer_shared_thread_pool` for the catch) or "auto"
+    (the default: "shared" when `prefer_shared_thread_pool()` was called, else "session")."""
 
     name = "onnx"
 
     def __init__(self, onnx_dir: str | os.PathLike[str], *, device: str = "cpu", num_threads: int | None = None,
                  variant: str = "fp32", optimization: str = "all", verify_sha256: bool = False,
-                 spinning: bool = True) -> None:
+                 spinning: bool = True, thread_pool: str = "auto") -> None:
         try:
             import onnxruntime
         except ImportError as error:  # pragma: no cover - a core dependency
@@ -244,7 +299,16 @@ class OnnxEngine:
                                f"{self.config.num_levels}")
         self.device = device
         self._providers = providers_for(device)
-        self.session_options = session_options(num_threads, optimization, spinning)
+        if thread_pool not in ("auto", "shared", "session"):
+            raise EngineError(f"unknown thread_pool {thread_pool!r}; expected 'auto', 'shared' or 'session'")
+        threads = DEFAULT_THREADS if num_threads is None else num_threads
+        if threads < 1:
+            raise EngineError(f"num_threads must be at least 1, got {threads}")
+        wants_shared = thread_pool == "shared" or (thread_pool == "auto" and _prefer_shared_pool)
+        shared = (wants_shared and device == "cpu" and shared_thread_pool(threads)) or shared_pool_threads() is not None
+        self.thread_pool = "shared" if shared else "session"
+        self._threads, self._optimization = threads, optimization
+        self.session_options = session_options(threads, optimization, spinning, shared_pool=shared)
         self._verify_sha256 = verify_sha256
         self._sessions: dict[str, Any] = {}
         self._states = {name: [StateSpec.from_dict(s) for s in spec["states"]]
@@ -260,8 +324,13 @@ class OnnxEngine:
             name = graph_file(graph, self.variant)
             check_files(self.onnx_dir, self.manifest, [name], self._verify_sha256)
             path = self.onnx_dir / name
+            options = self.session_options
+            if self.thread_pool == "session" and shared_pool_threads() is not None:
+                # A shared pool appeared since this engine was made: ONNX Runtime refuses private pools now.
+                self.thread_pool = "shared"
+                options = self.session_options = session_options(self._threads, self._optimization, shared_pool=True)
             try:
-                self._sessions[graph] = self.ort.InferenceSession(str(path), sess_options=self.session_options,
+                self._sessions[graph] = self.ort.InferenceSession(str(path), sess_options=options,
                                                                   providers=self._providers)
             except Exception as error:
                 raise OnnxDirError(f"ONNX Runtime cannot load {path} ({type(error).__name__}: {error}); the export "

@@ -5,6 +5,7 @@ Sits on `weights` and `torch.mimi`; used by `mimistack.codec.Codec`. Needs the `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -29,12 +30,20 @@ def _import_torch() -> Any:
 
 class TorchEngine:
     """Runs the reference model. `device`: "cpu", "cuda", "cuda:1", ...; `dtype`: "float32" (exact) or
-    "bfloat16"/"float16" (fast on GPUs; codes then differ from the fp32 reference on some tokens)."""
+    "bfloat16"/"float16" (fast on GPUs; codes then differ from the fp32 reference on some tokens).
+
+    `fast=True` adds `torch.fast.FastMimi` for whole inputs of at most `fast_max_frames` frames (channels-last
+    SEANet, polyphase transposed convolutions, weights cast to `dtype`, quantizer in strict fp32; `compile=True`
+    also runs `torch.compile` on it). Batch calls use it through `encode_whole`/`decode_whole`; streaming and
+    longer inputs keep the exact chunked path. Meant for GPU corpus work: see BENCHMARKS.md for its speed and
+    how often its codes differ from fp32's.
+    """
 
     name = "torch"
 
     def __init__(self, weights: LoadedWeights, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, *, fast: bool = False, compile: bool = False,
+                 fast_max_frames: int = 1500) -> None:
         torch = _import_torch()
         from ..torch.mimi import MimiModel
 
@@ -49,11 +58,10 @@ class TorchEngine:
         self.dtype = getattr(torch, dtype, None)
         if not isinstance(self.dtype, torch.dtype):
             raise EngineError(f"unknown dtype {dtype!r}")
-        if self.device.type == "cuda" and self.dtype == torch.float32:
-            # cuDNN convolutions default to TF32 on recent GPUs; one rounded residual flips a token and every
-            # level after it. fp32 here means fp32 (codes equal the CPU's); pick dtype="bfloat16" for speed.
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        # cuDNN convolutions default to TF32 on recent GPUs; one rounded residual flips a token and every level
+        # after it. fp32 here means fp32 (codes equal the CPU's): TF32 is switched off during this engine's calls
+        # only (the process-wide settings of other code are left alone). Pick dtype="bfloat16" for speed.
+        self._strict = self.device.type == "cuda" and self.dtype == torch.float32
         model = MimiModel(self.config)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.tensors.items()})
         if self.device.type == "cpu":
@@ -64,6 +72,17 @@ class TorchEngine:
                     module.matmul_for_short_inputs = True
         self.model = model.to(self.device).eval()
         self.tables: CodebookTables = codebook_tables(weights.tensors, self.config)
+        self.fast: Any | None = None
+        self.whole_max_frames = 0
+        if fast:
+            from ..torch.fast import FastMimi
+
+            if fast_max_frames <= 0:
+                raise EngineError(f"fast_max_frames must be positive, got {fast_max_frames}")
+            self.fast = FastMimi(self.model, self.dtype, channels_last=True, compile=compile).eval()
+            self.whole_max_frames = fast_max_frames
+        elif compile:
+            raise EngineError("compile=True needs fast=True (it compiles the fast whole-input path)")
 
     def _autocast(self) -> Any:
         torch = self.torch
@@ -71,9 +90,17 @@ class TorchEngine:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _precision(self) -> Any:
+        """Strict fp32 (no TF32) around a call on CUDA with dtype float32; nothing otherwise."""
+        if not self._strict:
+            return contextlib.nullcontext()
+        from ..torch.fast import strict_fp32
+
+        return strict_fp32()
+
     def encode(self, pcm: np.ndarray, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
         torch = self.torch
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._precision(), self._autocast():
             x = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32)).to(self.device)
             latent, state = self.model.encode_latent(x, state, _mode(mode))
             codes = self.model.quantizer.encode(latent.float())
@@ -82,12 +109,51 @@ class TorchEngine:
     def decode(self, codes: np.ndarray, levels: Levels, state: Any | None,
                mode: CacheMode) -> tuple[np.ndarray, Any]:
         torch = self.torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             c = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)).to(self.device)
             latent = self.model.latent_from_codes(c, list(levels))
             with self._autocast():
                 pcm, state = self.model.decode_latent(latent, state, _mode(mode))
         return pcm.float().cpu().numpy(), state
+
+    def encode_whole(self, pcm: np.ndarray) -> np.ndarray:
+        """The fast path (fast=True only): pcm `[B, 1, N*frame_size]`, N <= whole_max_frames -> codes int64."""
+        torch = self.torch
+        if self.fast is None:
+            raise EngineError("encode_whole needs the engine loaded with fast=True")
+        with torch.inference_mode():
+            x = self._upload(np.ascontiguousarray(pcm, dtype=np.float32))
+            with self._precision(), _cudnn_benchmark(torch, self.device.type == "cuda"):
+                return self.fast.encode(x).cpu().numpy()
+
+    def decode_whole(self, codes: np.ndarray, levels: Levels) -> np.ndarray:
+        """The fast path (fast=True only): codes `[B, num_levels, N]` -> pcm float32 `[B, 1, N*frame_size]`."""
+        torch = self.torch
+        if self.fast is None:
+            raise EngineError("decode_whole needs the engine loaded with fast=True")
+        with torch.inference_mode():
+            c = self._upload(np.ascontiguousarray(codes, dtype=np.int64))
+            with self._precision(), _cudnn_benchmark(torch, self.device.type == "cuda"):
+                pcm = self.fast.decode(c, list(levels))
+            if self.device.type != "cuda":
+                return pcm.numpy()
+            # Page-locked destination (PyTorch's caching host allocator reuses it once the array is freed): the
+            # copy runs at full PCIe speed and the returned array is a view of it, not another copy.
+            host = torch.empty(pcm.shape, dtype=pcm.dtype, pin_memory=True)
+            host.copy_(pcm, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            return host.numpy()
+
+    def _upload(self, array: np.ndarray) -> Any:
+        """numpy -> device tensor; on CUDA through a page-locked staging buffer (a multi-threaded host copy, then
+        a DMA at full PCIe speed instead of the driver's pageable path)."""
+        torch = self.torch
+        source = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return source.to(self.device)
+        staging = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
+        staging.copy_(source)
+        return staging.to(self.device, non_blocking=True)
 
     def init_encoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
         if mode == "window":
@@ -100,6 +166,17 @@ class TorchEngine:
             return None
         with self.torch.inference_mode():
             return self.model.init_decoder_state(batch_size)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(torch: Any, enabled: bool) -> Any:
+    """cuDNN autotuning during the fast path's calls (one shape per batch: it picks the fastest kernels)."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def _mode(mode: CacheMode) -> str:

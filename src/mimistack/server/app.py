@@ -54,7 +54,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_AUDIO_SECONDS = 3 * 3600.0
 RANDOM_WEIGHTS = ("random", "random-tiny")
 MODEL_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "embed.onnx", "encoder_stream.onnx",
-               "decoder_stream.onnx", "codebooks.safetensors")
+               "decoder_stream.onnx", "codebooks.safetensors",
+               *(f"{graph}.{variant}.onnx" for graph in ("encoder", "decoder", "encoder_stream", "decoder_stream")
+                 for variant in ("fp16", "int8")))
 """Files of an exported ONNX folder the page may fetch; nothing else in the folder is served."""
 
 CONTENT_SECURITY_POLICY = "; ".join((

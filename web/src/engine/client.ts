@@ -87,18 +87,18 @@ export class Engine {
     return this.call<void>({ kind: 'streamReset' });
   }
 
-  /** One frame of microphone audio through the streaming encoder and decoder. */
+  /** One or more whole frames of microphone audio through the streaming encoder and decoder (one call). */
   streamStep(frame: Float32Array, selection: LevelSelection): Promise<StreamStepResult> {
     const pcm = frame.slice();
     const mask = selection.mask();
     return this.call<StreamStepResult>({ kind: 'streamStep', pcm, mask }, [pcm.buffer, mask.buffer]);
   }
 
-  /** Decode a grid frame by frame with the streaming decoder (benchmark of live decoding). */
-  streamDecode(grid: TokenGrid, selection: LevelSelection): Promise<StreamDecodeResult> {
+  /** Decode a grid with the streaming decoder, `framesPerStep` frames per call (benchmark of live decoding). */
+  streamDecode(grid: TokenGrid, selection: LevelSelection, framesPerStep = 1): Promise<StreamDecodeResult> {
     const codes = grid.codes.slice();
     const mask = selection.mask();
-    return this.call<StreamDecodeResult>({ kind: 'streamDecode', codes, numFrames: grid.numFrames, mask },
+    return this.call<StreamDecodeResult>({ kind: 'streamDecode', codes, numFrames: grid.numFrames, mask, framesPerStep },
       [codes.buffer, mask.buffer]);
   }
 }

@@ -16,7 +16,11 @@ export interface InitOptions {
   executionProvider: ExecutionPreference;
   /** Use the streaming graphs when the export has them (false: the batch graphs, no live mode). */
   streaming: boolean;
+  /** Which exported graphs to run: 'fp32' (exact) or a reduced-precision variant the export wrote. */
+  variant?: Variant;
 }
+
+export type Variant = 'fp32' | 'fp16' | 'int8';
 
 export interface ModelDescription {
   sampleRate: number;
@@ -31,6 +35,8 @@ export interface ModelDescription {
   streaming: boolean;
   /** Bytes downloaded for the graphs. */
   bytes: number;
+  /** The graph variant that was loaded. */
+  variant: Variant;
   manifest: Record<string, unknown>;
 }
 
@@ -40,7 +46,7 @@ export type Request =
   | { kind: 'decode'; codes: Uint16Array; numFrames: number; mask: Float32Array; numSamples: number }
   | { kind: 'streamReset' }
   | { kind: 'streamStep'; pcm: Float32Array; mask: Float32Array }
-  | { kind: 'streamDecode'; codes: Uint16Array; numFrames: number; mask: Float32Array };
+  | { kind: 'streamDecode'; codes: Uint16Array; numFrames: number; mask: Float32Array; framesPerStep: number };
 
 export interface EncodeResult {
   codes: Uint16Array;
@@ -54,9 +60,11 @@ export interface DecodeResult {
 }
 
 export interface StreamStepResult {
-  /** uint16 [numLevels] codes of this frame. */
+  /** How many 80 ms frames this step took (the pcm given was numFrames * frameSize samples). */
+  numFrames: number;
+  /** uint16 level-major [numLevels, numFrames] codes of these frames. */
   codes: Uint16Array;
-  /** float32 [frameSize] decoded with the mask given. */
+  /** float32 [numFrames * frameSize] decoded with the mask given. */
   pcm: Float32Array;
   encodeMilliseconds: number;
   decodeMilliseconds: number;
@@ -64,7 +72,9 @@ export interface StreamStepResult {
 
 export interface StreamDecodeResult {
   pcm: Float32Array;
-  /** Per-frame step times of the streaming decoder. */
+  /** Frames per streaming-decoder call. */
+  framesPerStep: number;
+  /** Time of every call of the streaming decoder (each decodes framesPerStep frames, the last maybe fewer). */
   stepMilliseconds: number[];
 }
 

@@ -91,7 +91,7 @@ async function dispatch(request: Request, progress: (p: Progress) => void): Prom
       return [result, [result.codes.buffer, result.pcm.buffer]];
     }
     case 'streamDecode': {
-      const result = await streamDecode(loaded, request.codes, request.numFrames, request.mask);
+      const result = await streamDecode(loaded, request.codes, request.numFrames, request.mask, request.framesPerStep);
       return [result, [result.pcm.buffer]];
     }
   }
@@ -144,7 +144,17 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
   const config = (manifest.config ?? {}) as Record<string, unknown>;
   const streams = (manifest.streams ?? {}) as Record<string, StreamSpec>;
   const stateful = options.streaming && !!streams.encoder_stream && !!streams.decoder_stream;
-  const files = stateful ? ['encoder_stream.onnx', 'decoder_stream.onnx', 'embed.onnx'] : ['encoder.onnx', 'decoder.onnx', 'embed.onnx'];
+  const variant = options.variant ?? 'fp32';
+  const named = (graph: string) => (variant === 'fp32' ? `${graph}.onnx` : `${graph}.${variant}.onnx`);
+  const files = stateful
+    ? [named('encoder_stream'), named('decoder_stream'), 'embed.onnx']
+    : [named('encoder'), named('decoder'), 'embed.onnx'];
+  const listed = (manifest.files ?? {}) as Record<string, unknown>;
+  const absent = files.filter((file) => !(file in listed));
+  if (absent.length) {
+    throw new Error(`this export has no ${variant} graphs (${absent.join(', ')}); export them with ` +
+      `\`mimistack export-onnx --${variant}\` and serve that folder with --onnx`);
+  }
   const buffers: Record<string, Uint8Array> = {};
   let bytes = 0;
   for (const [index, file] of files.entries()) {
@@ -183,6 +193,7 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
     numThreads: useWebgpu ? 1 : ort.env.wasm.numThreads ?? options.numThreads,
     streaming: stateful,
     bytes,
+    variant,
     manifest,
   };
   return { ort, description, encoder, decoder, embed, stateful, live: null };
@@ -324,31 +335,43 @@ async function decode(loaded: Loaded, codes: Uint16Array, numFrames: number, mas
 async function streamStep(loaded: Loaded, pcm: Float32Array, mask: Float32Array): Promise<StreamStepResult> {
   const { ort, description: d, live } = loaded;
   if (!live) throw new Error('the live stream was not started (streamReset)');
-  if (pcm.length !== d.frameSize) throw new Error(`a stream step takes ${d.frameSize} samples, got ${pcm.length}`);
+  // One or more whole frames per step: a caller that fell behind catches up with one call for several frames,
+  // which costs far less than as many one-frame calls (the weights and caches are read once per call).
+  const numFrames = pcm.length / d.frameSize;
+  if (!Number.isInteger(numFrames) || numFrames < 1) {
+    throw new Error(`a stream step takes a whole number of ${d.frameSize}-sample frames, got ${pcm.length} samples`);
+  }
   const started = performance.now();
-  const [codesTensorOut, encoderState] = await run(loaded.encoder, new ort.Tensor('float32', pcm, [1, 1, d.frameSize]), live.encoder);
+  const [codesTensorOut, encoderState] = await run(loaded.encoder, new ort.Tensor('float32', pcm, [1, 1, pcm.length]), live.encoder);
   live.encoder = encoderState;
   const codes = toUint16(codesTensorOut);
   const encoded = performance.now();
-  const [out, decoderState] = await run(loaded.decoder, await latent(loaded, codes, 1, mask), live.decoder);
+  const [out, decoderState] = await run(loaded.decoder, await latent(loaded, codes, numFrames, mask), live.decoder);
   live.decoder = decoderState;
-  return { codes, pcm: (out.data as Float32Array).slice(), encodeMilliseconds: encoded - started, decodeMilliseconds: performance.now() - encoded };
+  return {
+    numFrames, codes, pcm: (out.data as Float32Array).slice(), encodeMilliseconds: encoded - started,
+    decodeMilliseconds: performance.now() - encoded,
+  };
 }
 
-/** Decode a whole grid one frame per call through the streaming decoder (as live mode does), timing every step. */
-async function streamDecode(loaded: Loaded, codes: Uint16Array, numFrames: number, mask: Float32Array): Promise<StreamDecodeResult> {
+/** Decode a whole grid through the streaming decoder, `framesPerStep` frames per call (1 = as live mode does when it
+ * keeps up), timing every call. */
+async function streamDecode(loaded: Loaded, codes: Uint16Array, numFrames: number, mask: Float32Array,
+  framesPerStep = 1): Promise<StreamDecodeResult> {
   const d = loaded.description;
   if (!loaded.stateful) throw new Error('this export has no streaming graphs');
   let state: Feeds = { ...loaded.decoder.initial };
   const pcm = new Float32Array(numFrames * d.frameSize);
   const stepMilliseconds: number[] = [];
-  for (let t = 0; t < numFrames; t++) {
+  const step = Math.max(1, Math.floor(framesPerStep));
+  for (let t = 0; t < numFrames; t += step) {
+    const count = Math.min(step, numFrames - t);
     const started = performance.now();
-    const z = await latent(loaded, columns(codes, d.numLevels, numFrames, t, 1), 1, mask);
+    const z = await latent(loaded, columns(codes, d.numLevels, numFrames, t, count), count, mask);
     const [output, next] = await run(loaded.decoder, z, state);
     state = next;
     pcm.set(output.data as Float32Array, t * d.frameSize);
     stepMilliseconds.push(performance.now() - started);
   }
-  return { pcm, stepMilliseconds };
+  return { pcm, framesPerStep: step, stepMilliseconds };
 }
