@@ -23,6 +23,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from ._files import commit, refuse_overwrite
 from .config import SAMPLE_RATE
 
 __all__ = [
@@ -385,7 +386,7 @@ class AudioWriter:
         self.force = force
         self.container, self.subtype = _output_format(self.path, subtype)
         self.num_samples = 0
-        _refuse_overwrite(self.path, force)
+        refuse_overwrite(self.path, force)
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"cannot write {self.path}: directory {self.path.parent} does not exist")
         fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
@@ -419,7 +420,7 @@ class AudioWriter:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
-            _commit(self._tmp, self.path, self.force)
+            commit(self._tmp, self.path, self.force)
         finally:
             self._discard()
         return self.path
@@ -454,32 +455,10 @@ def save_audio(path: str | os.PathLike[str], pcm: Any, sample_rate: int = SAMPLE
     for WAV). Atomic; refuses to overwrite an existing file unless `force`."""
     target = Path(path)
     _output_format(target, subtype)
-    _refuse_overwrite(target, force)
+    refuse_overwrite(target, force)
     samples = validate_pcm(pcm)
     with AudioWriter(target, sample_rate, subtype=subtype, force=force) as writer:
         writer.write(samples)
     return target
 
 
-def _refuse_overwrite(target: Path, force: bool) -> None:
-    if not force and os.path.lexists(target):
-        raise FileExistsError(f"{target} already exists; pass force=True to overwrite it")
-
-
-def _commit(tmp: Path, target: Path, force: bool) -> None:
-    """Move a finished temporary file into place: replace when `force`, else link (which never clobbers)."""
-    if force:
-        os.replace(tmp, target)
-    else:
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            raise FileExistsError(f"{target} already exists; pass force=True to overwrite it") from None
-        except OSError:  # file systems without hard links
-            _refuse_overwrite(target, force)
-            os.replace(tmp, target)
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
+from ._files import commit, refuse_overwrite
 from .levels import Levels, LevelsLike
 from .tokens import TokenGrid, TokenGridError
 
@@ -554,16 +555,11 @@ def write_grid(grid: TokenGrid, path: str | os.PathLike[str], *, force: bool = F
     `packed11` is vectorised and near-instant.
     """
     target = Path(path)
-    _refuse_overwrite(target, force)
+    refuse_overwrite(target, force)
     data = grid_to_bytes(grid, layout=layout, coding=coding)
     with _AtomicOutput(target, force) as handle:
         handle.write(data)
     return target
-
-
-def _refuse_overwrite(target: Path, force: bool) -> None:
-    if not force and os.path.lexists(target):
-        raise FileExistsError(f"{target} already exists; pass force=True to overwrite it")
 
 
 class _AtomicOutput:
@@ -577,7 +573,7 @@ class _AtomicOutput:
         self.handle: BinaryIO | None = None
 
     def __enter__(self) -> BinaryIO:
-        _refuse_overwrite(self.target, self.force)
+        refuse_overwrite(self.target, self.force)
         if not self.target.parent.is_dir():
             raise FileNotFoundError(f"cannot write {self.target}: directory {self.target.parent} does not exist")
         fd, name = tempfile.mkstemp(dir=self.target.parent or ".", prefix=f".{self.target.name}.", suffix=".tmp")
@@ -594,28 +590,10 @@ class _AtomicOutput:
                 os.fsync(self.handle.fileno())
             self.handle.close()
             if exc_type is None:
-                _commit(self.tmp, self.target, self.force)
+                commit(self.tmp, self.target, self.force)
         finally:
             if self.tmp.exists():
                 self.tmp.unlink()
-
-
-def _commit(tmp: Path, target: Path, force: bool) -> None:
-    if force:
-        os.replace(tmp, target)
-    else:
-        try:
-            os.link(tmp, target)  # fails if target appeared meanwhile: never clobbers
-        except FileExistsError:
-            raise FileExistsError(f"{target} already exists; pass force=True to overwrite it") from None
-        except OSError:  # file systems without hard links
-            _refuse_overwrite(target, force)
-            os.replace(tmp, target)
-    directory = os.open(target.parent or ".", os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 # -- frame-major records ----------------------------------------------------------------------------------------
@@ -702,7 +680,7 @@ class FrameStreamWriter:
         self._live = live
         self._atomic: _AtomicOutput | None = None
         if live:
-            _refuse_overwrite(self.path, force)
+            refuse_overwrite(self.path, force)
             self._handle: BinaryIO = open(self.path, "wb" if force else "xb")
         else:
             self._atomic = _AtomicOutput(self.path, force)
