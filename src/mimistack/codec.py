@@ -140,9 +140,13 @@ class Codec:
             return []
         lengths = [len(s) for s in signals]
         frames = [-(-n // self.frame_size) for n in lengths]
-        batch = np.zeros((len(signals), 1, max(frames) * self.frame_size), dtype=np.float32)
+        shape = (len(signals), 1, max(frames) * self.frame_size)
+        # An engine may lend a buffer it can send to its device without another copy (page-locked memory on CUDA).
+        host_buffer = getattr(self.engine, "host_buffer", None)
+        batch = host_buffer(shape) if host_buffer is not None else np.empty(shape, dtype=np.float32)
         for row, signal in enumerate(signals):
             batch[row, 0, :len(signal)] = signal
+            batch[row, 0, len(signal):] = 0.0
         codes = self._encode_frames(batch)
         return [self._grid(codes[row, :, :frames[row]], lengths[row]) for row in range(len(signals))]
 
