@@ -140,3 +140,20 @@ def test_levels_object_and_codes_api(tiny_codec: Codec, signal: np.ndarray) -> N
     grid = tiny_codec.encode(signal)
     a = tiny_codec.decode_codes(grid.codes, Levels.parse("0-7"), num_samples=grid.num_samples)
     np.testing.assert_allclose(a, tiny_codec.decode(grid, "0-7"), atol=1e-6)
+
+
+def test_batch_padding_is_zeroed_in_a_lent_host_buffer(tiny_checkpoint, signal: np.ndarray) -> None:
+    """Engines may lend the batch buffer (page-locked memory on CUDA); whatever it held, padding is zeros."""
+    codec = Codec.load(tiny_checkpoint)
+    pcms = [signal[:30001], signal[:7000]]
+    want = codec.encode_batch(pcms)
+    lent: list[np.ndarray] = []
+
+    def dirty_buffer(shape: tuple[int, ...]) -> np.ndarray:
+        lent.append(np.full(shape, np.nan, dtype=np.float32))
+        return lent[-1]
+
+    codec.engine.host_buffer = dirty_buffer  # type: ignore[attr-defined]
+    got = codec.encode_batch(pcms)
+    assert lent and all(a == b for a, b in zip(got, want))
+    assert np.isfinite(lent[0]).all()
