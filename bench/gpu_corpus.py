@@ -151,63 +151,31 @@ def hf_model(tensors: dict[str, np.ndarray], config: Any, device: torch.device) 
     return model.to(device).eval()
 
 
-class FastEncoder(torch.nn.Module):
-    """The library's fast path (`mimistack.torch.fast.FastMimi`), encode side, with the bench's call shape."""
-
-    def __init__(self, fast: Any) -> None:
-        super().__init__()
-        self.fast = fast
-        self.dtype = fast.dtype
-        self.encoder = fast.encoder
-        self.encoder_transformer = fast.encoder_transformer
-        self.downsample = fast.downsample
-        self.quantizer = fast.quantizer
-
-    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
-        return self.fast.encode(pcm)
-
-
-class FastDecoder(torch.nn.Module):
-    """The library's fast path, decode side (all levels)."""
-
-    def __init__(self, fast: Any) -> None:
-        super().__init__()
-        self.fast = fast
-        self.dtype = fast.dtype
-        self.quantizer = fast.quantizer
-        self.upsample = fast.upsample
-        self.decoder_transformer = fast.decoder_transformer
-        self.decoder = fast.decoder
-        self.levels = list(range(fast.config.num_levels))
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.fast.decode(codes, self.levels)
-
-
-def stage_profile(encoder: FastEncoder, decoder: FastDecoder, pinned: torch.Tensor, codes: np.ndarray | None,
+def stage_profile(mimi: Any, pinned: torch.Tensor, codes: np.ndarray | None,
                   device: torch.device, label: str) -> None:
     """Milliseconds per stage of the eager bf16 path (one warm-up, one timed call each): where the time goes."""
     stages: list[tuple[str, Callable[[], Any]]] = []
     with precision(False, False, True), torch.inference_mode():
         x = pinned.to(device)
-        h = x.to(encoder.dtype)
+        h = x.to(mimi.dtype)
         stages.append(("h2d pcm", lambda: pinned.to(device, non_blocking=True)))
-        stages.append(("encoder seanet", lambda: encoder.encoder(h)))
-        e = encoder.encoder(h)
-        stages.append(("encoder transformer", lambda: encoder.encoder_transformer(e, None, "window")[0]))
-        t = encoder.encoder_transformer(e, None, "window")[0]
-        stages.append(("downsample", lambda: encoder.downsample(t)[0]))
-        latent = encoder.downsample(t)[0].float()
-        stages.append(("quantizer (fp32)", lambda: encoder.quantizer.encode(latent)))
+        stages.append(("encoder seanet", lambda: mimi.encoder(h)))
+        e = mimi.encoder(h)
+        stages.append(("encoder transformer", lambda: mimi.encoder_transformer(e, None, "window")[0]))
+        t = mimi.encoder_transformer(e, None, "window")[0]
+        stages.append(("downsample", lambda: mimi.downsample(t)[0]))
+        latent = mimi.downsample(t)[0].float()
+        stages.append(("quantizer (fp32)", lambda: mimi.quantizer.encode(latent)))
         if codes is not None:
+            levels = list(range(mimi.config.num_levels))
             c = torch.from_numpy(codes.astype(np.int64)).to(device)
-            stages.append(("latent sum (fp32)", lambda: decoder.quantizer.decode(c, decoder.levels)))
-            z = decoder.quantizer.decode(c, decoder.levels).to(decoder.dtype)
-            stages.append(("upsample", lambda: decoder.upsample(z)[0]))
-            u = decoder.upsample(z)[0]
-            stages.append(("decoder transformer", lambda: decoder.decoder_transformer(u, None, "window")[0]))
-            d = decoder.decoder_transformer(u, None, "window")[0]
-            stages.append(("decoder seanet", lambda: decoder.decoder(d)))
+            stages.append(("latent sum (fp32)", lambda: mimi.quantizer.decode(c, levels)))
+            z = mimi.quantizer.decode(c, levels).to(mimi.dtype)
+            stages.append(("upsample", lambda: mimi.upsample(z)[0]))
+            u = mimi.upsample(z)[0]
+            stages.append(("decoder transformer", lambda: mimi.decoder_transformer(u, None, "window")[0]))
+            d = mimi.decoder_transformer(u, None, "window")[0]
+            stages.append(("decoder seanet", lambda: mimi.decoder(d)))
         parts = []
         for stage, run in stages:
             run()
@@ -393,19 +361,20 @@ def main() -> int:
             pinned = pinned.pin_memory()
         compile_ok = not args.no_compile
 
-        def fast(dtype: torch.dtype, nhwc: bool, compiled: bool) -> tuple[FastEncoder, FastDecoder]:
-            mimi = FastMimi(model, dtype, channels_last=nhwc, compile=compiled).eval()
-            return FastEncoder(mimi), FastDecoder(mimi)
+        all_levels = list(range(config.num_levels))
 
-        def fast_encode(encoder: FastEncoder, tf32: bool) -> tuple[float, str]:
+        def fast(dtype: torch.dtype, nhwc: bool, compiled: bool) -> FastMimi:
+            return FastMimi(model, dtype, channels_last=nhwc, compile=compiled).eval()
+
+        def fast_encode(mimi: FastMimi, tf32: bool) -> tuple[float, str]:
             def run() -> np.ndarray:
-                return encoder(pinned.to(device, non_blocking=True)).to("cpu").numpy()
+                return mimi.encode(pinned.to(device, non_blocking=True)).to("cpu").numpy()
 
             with precision(tf32, tf32, True), torch.inference_mode():
                 codes, seconds = timed(run, device, args.warmup, args.iters, budget)
             return seconds, agreement(codes.astype(np.uint16))
 
-        def fast_decode(decoder: FastDecoder, tf32: bool) -> tuple[float, str]:
+        def fast_decode(mimi: FastMimi, tf32: bool) -> tuple[float, str]:
             codes = torch.from_numpy(reference["codes"].astype(np.int64))
             if device.type == "cuda":
                 codes = codes.pin_memory()
@@ -413,7 +382,7 @@ def main() -> int:
             host: list[torch.Tensor] = []
 
             def run() -> np.ndarray:
-                pcm = decoder(codes.to(device, non_blocking=True))
+                pcm = mimi.decode(codes.to(device, non_blocking=True), all_levels)
                 if not host:  # page-locked destination: the 4 bytes x 24 kHz of output cross PCIe at full speed
                     host.append(torch.empty(pcm.shape, dtype=pcm.dtype, pin_memory=device.type == "cuda"))
                 host[0].copy_(pcm, non_blocking=True)
@@ -428,7 +397,7 @@ def main() -> int:
             try:
                 for nhwc in (False, True):
                     mimi = FastMimi(model, torch.bfloat16, channels_last=nhwc).eval()
-                    stage_profile(FastEncoder(mimi), FastDecoder(mimi), pinned, reference.get("codes"), device,
+                    stage_profile(mimi, pinned, reference.get("codes"), device,
                                   "nhwc" if nhwc else "1-d")
             except Exception as error:
                 print(f"  stage profile failed: {type(error).__name__}: {error}", flush=True)
@@ -443,16 +412,16 @@ def main() -> int:
                 suffix = " compiled" if compiled else " eager"
                 need = 60.0 if compiled else 15.0
                 try:
-                    encoder, decoder = fast(dtype, nhwc, compiled)
+                    mimi = fast(dtype, nhwc, compiled)
                 except Exception as error:
                     record(label + suffix, "both", None, "failed", f"{type(error).__name__}: {error}"[:160])
                     continue
-                attempt(label + suffix, "encode", lambda e=encoder, t=tf32: fast_encode(e, t), need=need)
-                attempt(label + suffix, "decode", lambda d=decoder, t=tf32: fast_decode(d, t), need=need)
+                attempt(label + suffix, "encode", lambda m=mimi, t=tf32: fast_encode(m, t), need=need)
+                attempt(label + suffix, "decode", lambda m=mimi, t=tf32: fast_decode(m, t), need=need)
                 measured = [r for r in rows if r["path"] == label + suffix and r["audio_seconds_per_second"]]
                 if compiled and len(measured) == 2:
                     break  # the compiled variant worked: its eager twin would only be slower
-                del encoder, decoder
+                del mimi
 
     print()
     print(f"batch {args.batch} x {args.seconds:g} s = {audio_seconds:g} s of audio per call, device {name}, "
