@@ -398,7 +398,7 @@ def main() -> int:
                 for nhwc in (False, True):
                     mimi = FastMimi(model, torch.bfloat16, channels_last=nhwc).eval()
                     stage_profile(mimi, pinned, reference.get("codes"), device,
-                                  "nhwc" if nhwc else "1-d")
+                                  "nhwc" if nhwc else "nchw")
             except Exception as error:
                 print(f"  stage profile failed: {type(error).__name__}: {error}", flush=True)
         variants = {"bf16-nhwc": ("fast bf16 nhwc", torch.bfloat16, False, True),
