@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -27,15 +26,14 @@ FRAME = 1920
 RATE = 24000
 IMPLEMENTATIONS = ("moshi", "rustymimi", "mimistack")
 TASKS = ("encode", "decode", "stream-encode", "stream-decode")
-SPEECH = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the one speech helper: tests/speech_data.py
+from speech_data import speech_files  # noqa: E402
 
 
 def speech(seconds: float) -> np.ndarray:
     import soundfile
 
-    folder = Path(os.environ.get("MIMISTACK_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared" / "speech"))
-    files = sorted(folder.glob("*.wav")) or sorted(SPEECH.glob("*.wav"))
-    clips = [soundfile.read(str(f), dtype="float32")[0] for f in files]
+    clips = [soundfile.read(str(f), dtype="float32")[0] for f in speech_files()]
     pcm = np.concatenate(clips)
     frames = int(seconds * RATE) // FRAME
     return np.resize(pcm, frames * FRAME).astype(np.float32)

@@ -29,15 +29,20 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SPEECH_DIR = Path(os.environ.get("MIMISTACK_SPEECH_DIR", REPO.parent / "shared" / "speech"))
+sys.path.insert(0, str(REPO / "tests"))  # the one speech helper: tests/speech_data.py
+from speech_data import SPEECH_DIR, speech_files  # noqa: E402
+
 QUICK_FILES = ("real_sense_and_sensibility_01_austen_64kb-0880.wav",
-               "real_sense_and_sensibility_01_austen_64kb-0890.wav", "flite_slt.wav")
+               "real_sense_and_sensibility_01_austen_64kb-0890.wav", "flite_awb.wav")
 
 
 def build_corpus(folder: Path, speech_dir: Path, copies: int, quick: bool) -> list[Path]:
-    sources = [speech_dir / name for name in QUICK_FILES] if quick else sorted(speech_dir.glob("*.wav"))
+    if speech_dir == SPEECH_DIR:
+        sources = [SPEECH_DIR / name for name in QUICK_FILES] if quick else speech_files()
+    else:
+        sources = sorted(speech_dir.glob("*.wav"))
     if not sources or not all(p.exists() for p in sources):
-        raise SystemExit(f"speech samples missing in {speech_dir} (set MIMISTACK_SPEECH_DIR)")
+        raise SystemExit(f"speech clips missing in {speech_dir}")
     files = []
     for copy in range(copies):
         for source in sources:
@@ -50,9 +55,11 @@ def build_corpus(folder: Path, speech_dir: Path, copies: int, quick: bool) -> li
 
 def plain_loop(files: list[Path], weights: str, engine: str, onnx_dir: str | None,
                threads: int) -> tuple[float, float, dict[str, np.ndarray]]:
-    from mimistack import Codec, load_audio
+    from mimistack import Codec, OnnxOptions, TorchOptions, load_audio
 
-    codec = Codec.load(weights, engine=engine, onnx_dir=onnx_dir, num_threads=threads)
+    options = OnnxOptions(onnx_dir=onnx_dir, num_threads=threads) if engine == "onnx" else TorchOptions(
+        num_threads=threads)
+    codec = Codec.load(weights, engine=options)
     codec.encode(np.zeros(codec.frame_size, dtype=np.float32))  # warm-up: first-call allocations
     codes, seconds = {}, 0.0
     started = time.perf_counter()

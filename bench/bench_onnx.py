@@ -33,22 +33,18 @@ import numpy as np
 ENGINES = ("moshi", "rustymimi", "torch", "onnx")
 FRAME = 1920
 SAMPLE_RATE = 24_000
-SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "speech"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the one speech helper: tests/speech_data.py
+from speech_data import speech_files  # noqa: E402
 
 
 # -- worker side ----------------------------------------------------------------------------------------------
 def test_audio(seconds: float) -> np.ndarray:
-    """Speech from shared/speech when present (tiled to length), else synthetic speech-like audio."""
-    from mimistack.testing import synthetic_signal
+    """The test speech clips, tiled to length."""
+    from mimistack.audio import load_audio
 
-    files = sorted(SPEECH_DIR.glob("*.wav"))
-    if files:
-        from mimistack.audio import load_audio
-
-        speech = np.concatenate([load_audio(f) for f in files[:4]])
-        reps = int(np.ceil(seconds * SAMPLE_RATE / len(speech)))
-        return np.tile(speech, reps)[: int(seconds * SAMPLE_RATE)].astype(np.float32)
-    return synthetic_signal(seconds, seed=1)
+    speech = np.concatenate([load_audio(f) for f in speech_files()[:4]])
+    reps = int(np.ceil(seconds * SAMPLE_RATE / len(speech)))
+    return np.tile(speech, reps)[: int(seconds * SAMPLE_RATE)].astype(np.float32)
 
 
 class Runner:
@@ -120,12 +116,14 @@ class Runner:
     # mimistack (torch or onnx) ----------------------------------------------------------------------------
     def _load_torch(self, weights: str, onnx_dir: str | None, threads: int, options: dict[str, Any]) -> None:
         from mimistack.codec import Codec
+        from mimistack.engine.options import TorchOptions
 
-        self.codec = Codec.load(weights, engine="torch", num_threads=threads)
+        self.codec = Codec.load(weights, engine=TorchOptions(num_threads=threads))
 
     def _load_onnx(self, weights: str, onnx_dir: str | None, threads: int, options: dict[str, Any]) -> None:
         from mimistack.codec import Codec
-        from mimistack.engine.onnx import OnnxEngine, load_onnx_engine, prefer_shared_thread_pool
+        from mimistack.engine.onnx import OnnxEngine, prefer_shared_thread_pool
+        from mimistack.engine.onnx_cache import load_onnx_engine
 
         # As the `mimistack` program runs it: one ONNX Runtime thread pool for the process (engine.onnx explains).
         prefer_shared_thread_pool(os.environ.get("MIMISTACK_BENCH_ORT_POOL", "shared") == "shared")
@@ -305,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.weights or str(random_weights_path("random"))
     onnx_dir = args.onnx
     if onnx_dir is None and ("onnx" in args.engines or args.profile or args.onnx_sweep):
-        from mimistack.engine.onnx import load_onnx_engine
+        from mimistack.engine.onnx_cache import load_onnx_engine
 
         started = time.perf_counter()
         onnx_dir = str(load_onnx_engine(weights=weights).onnx_dir)

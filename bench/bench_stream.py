@@ -27,6 +27,7 @@ import numpy as np
 
 from mimistack import stream
 from mimistack.codec import Codec
+from mimistack.engine.options import TorchOptions
 from mimistack.testing import synthetic_signal
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pcm = synthetic_signal(seconds, seed=args.seed)
     started = time.perf_counter()
-    codec = Codec.load(args.weights, device=args.device)
+    codec = Codec.load(args.weights, engine=TorchOptions(device=args.device))
     load_seconds = time.perf_counter() - started
     speed = _compute_speed(codec)
     print(f"model {args.weights} ({codec.config.dimension}-d latent, {codec.num_levels} levels, "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -30,7 +29,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "e2e" / "drive.mjs"
-SPEECH_DIR = Path(os.environ.get("MIMISTACK_SPEECH_DIR", REPO.parent / "shared" / "speech"))
+sys.path.insert(0, str(REPO / "tests"))  # the one speech helper: tests/speech_data.py
+from speech_data import speech_file  # noqa: E402
 
 
 def free_port() -> int:
@@ -47,7 +47,7 @@ def weights_path(weights: str) -> Path:
 
 
 def export_dir(weights: Path) -> Path:
-    from mimistack.engine.onnx import load_onnx_engine
+    from mimistack.engine.onnx_cache import load_onnx_engine
 
     started = time.perf_counter()
     folder = load_onnx_engine(weights=weights).onnx_dir
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1,4", help="comma-separated WebAssembly thread counts (default 1,4)")
-    parser.add_argument("--file", default=str(SPEECH_DIR / "real_sense_and_sensibility_01_austen_64kb-0870.wav"),
+    parser.add_argument("--file", default=str(speech_file("real_sense_and_sensibility_01_austen_64kb-0890")),
                         help="speech to tile to --seconds ('' for a synthetic signal)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per page run")
     parser.add_argument("--variants", default="fp32",

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 def main() -> int:
     from mimistack.codec import Codec
+    from mimistack.engine.options import TorchOptions
     from mimistack.testing import synthetic_signal, write_random_checkpoint
 
     failures = 0
@@ -34,9 +35,9 @@ def main() -> int:
     checkpoint = write_random_checkpoint(Path(tempfile.mkdtemp()) / "official.safetensors", "official", seed=0)
     signals = [synthetic_signal(4.0, seed=seed) for seed in range(8)]
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
-    cpu = Codec.load(checkpoint, device="cpu")
+    cpu = Codec.load(checkpoint, engine=TorchOptions(device="cpu"))
     want = cpu.encode_batch(signals[:2])
-    gpu = Codec.load(checkpoint, device="cuda")
+    gpu = Codec.load(checkpoint, engine=TorchOptions(device="cuda"))
     got = gpu.encode_batch(signals[:2])
     equal = float(np.mean([(a.codes == b.codes).mean() for a, b in zip(want, got)]))
     check("strict fp32 on CUDA vs CPU codes", equal >= 0.98,
@@ -46,7 +47,7 @@ def main() -> int:
     check("strict fp32 on CUDA vs CPU audio", error < 1e-4, f"relative L2 {error:.2e}")
     reference = gpu.encode_batch(signals)
     for dtype, floor in (("float32", 0.99), ("bfloat16", 0.0)):
-        fast = Codec.load(checkpoint, device="cuda", dtype=dtype, fast=True, compile=False)
+        fast = Codec.load(checkpoint, engine=TorchOptions(device="cuda", dtype=dtype, fast=True))
         started = time.perf_counter()
         grids = fast.encode_batch(signals)
         pcms = fast.decode_batch(reference)

@@ -3,13 +3,14 @@ path, at batch 128 x 10 s, encode and decode, with code agreement against our fp
 
 One self-contained script for a lent H100/H200 (needs nothing from the network; finishes inside `--budget`
 seconds, 210 by default). It writes a random official-size checkpoint (`mimistack.testing`), builds batch-128 x
-10 s audio (tiled speech when the samples are there, synthetic speech-like audio otherwise), then measures, each
+10 s audio (the test speech clips, tiled), then measures, each
 in its own try/except (one failure never stops the rest), with warm-up iterations and `torch.cuda.synchronize`:
 
   hf fp32 / hf bf16      transformers.MimiModel(MimiConfig()) with our weights (`weights.to_transformers_layout`),
                          `model.encode(x, num_quantizers=32)` / `model.decode(codes)`, bf16 = autocast
-  ours fp32 / ours bf16  `Codec.load(path, device="cuda", dtype=...)`, `encode_batch` / `decode_batch` (numpy in and
-                         out: host<->device copies included, as in the corpus pipeline's actors)
+  ours fp32 / ours bf16  `Codec.load(path, engine=TorchOptions(device="cuda", dtype=...))`, `encode_batch` /
+                         `decode_batch` (numpy in and out: host<->device copies included, as in the corpus
+                         pipeline's actors)
   fast bf16 nhwc         our model with the SEANet/transformer weights in bf16 (no autocast casts), the quantizer
                          in strict fp32 (no TF32), the SEANet stacks run as 2-D convolutions on [B, C, 1, T] in
                          channels-last memory, each stride-s transposed convolution rewritten as a kernel-2
@@ -44,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -60,8 +60,8 @@ sys.path.insert(0, str(REPO / "src"))  # runs from a plain checkout on the GPU m
 
 import torch  # noqa: E402
 
-SPEECH_DIRS = [Path(os.environ.get("MIMISTACK_SPEECH_DIR", REPO.parent / "shared" / "speech")),
-               REPO / "shared" / "speech"]
+sys.path.insert(0, str(REPO / "tests"))  # the one speech helper: tests/speech_data.py
+from speech_data import speech_files  # noqa: E402
 
 
 class Budget:
@@ -113,21 +113,11 @@ def timed(run: Callable[[], Any], device: torch.device, warmup: int, iters: int,
 
 
 def build_audio(batch: int, seconds: float, sample_rate: int, frame_size: int) -> np.ndarray:
-    """float32 `[batch, 1, N]`, N = `seconds` rounded up to whole frames: windows of tiled speech (or synthetic
-    speech-like audio when the samples are not there)."""
+    """float32 `[batch, 1, N]`, N = `seconds` rounded up to whole frames: windows of the tiled test speech."""
     length = -(-int(seconds * sample_rate) // frame_size) * frame_size
-    source = None
-    for folder in SPEECH_DIRS:
-        files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
-        if files:
-            import soundfile
+    import soundfile
 
-            source = np.concatenate([soundfile.read(f, dtype="float32")[0] for f in files])
-            break
-    if source is None:
-        from mimistack.testing import synthetic_signal
-
-        source = synthetic_signal(60.0, sample_rate, seed=3)
+    source = np.concatenate([soundfile.read(f, dtype="float32")[0] for f in speech_files()])
     tiled = np.tile(source, int(np.ceil((length + batch * 4801) / len(source))) + 1)
     return np.stack([tiled[row * 4801:row * 4801 + length] for row in range(batch)])[:, None, :].astype(np.float32)
 
@@ -213,6 +203,7 @@ def main() -> int:
 
     from mimistack import __version__
     from mimistack.codec import Codec
+    from mimistack.engine.options import TorchOptions
     from mimistack.testing import write_random_checkpoint
     from mimistack.torch.fast import FastMimi
     from mimistack.torch.mimi import MimiModel
@@ -267,7 +258,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
 
     # -- ours fp32, strict: the reference codes and pcm ----------------------------------------------------------
-    codec32 = Codec.load(checkpoint, device=args.device, dtype="float32")
+    codec32 = Codec.load(checkpoint, engine=TorchOptions(device=args.device, dtype="float32"))
     signals = list(audio[:, 0])
 
     def ours_encode(codec: Any, strict: bool) -> tuple[float, str]:
@@ -296,14 +287,14 @@ def main() -> int:
         attempt("ours fp32 (defaults)", "encode", lambda: ours_encode(codec32, False))
         attempt("ours fp32 (defaults)", "decode", lambda: ours_decode(codec32, False))
         del codec32
-        codec16 = Codec.load(checkpoint, device=args.device, dtype="bfloat16")
+        codec16 = Codec.load(checkpoint, engine=TorchOptions(device=args.device, dtype="bfloat16"))
         attempt("ours bf16 autocast", "encode", lambda: ours_encode(codec16, False))
         attempt("ours bf16 autocast", "decode", lambda: ours_decode(codec16, False))
         del codec16
     if "codec" in wanted:
         # The integrated fast path, as the corpus pipeline's GPU actors run it: numpy in and out.
-        codec_fast = Codec.load(checkpoint, device=args.device, dtype="bfloat16", fast=True,
-                                compile=not args.no_compile)
+        codec_fast = Codec.load(checkpoint, engine=TorchOptions(device=args.device, dtype="bfloat16", fast=True,
+                                                                compile=not args.no_compile))
         def codec_encode() -> tuple[float, str]:
             with precision(False, False, True), torch.inference_mode():  # the engine keeps its quantizer strict
                 grids, seconds = timed(lambda: codec_fast.encode_batch(signals), device, args.warmup, args.iters,

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 
 from mimistack.testing import synthetic_signal, write_random_checkpoint
+from speech_data import speech_files
 
 REPO = Path(__file__).resolve().parents[1]
-SPEECH_DIR = Path(os.environ.get("MIMISTACK_SPEECH_DIR", REPO.parent / "shared" / "speech"))
-
-
-def speech_files() -> list[Path]:
-    files = sorted(SPEECH_DIR.glob("*.wav"))
-    if not files:
-        raise RuntimeError(f"no speech samples in {SPEECH_DIR}; set MIMISTACK_SPEECH_DIR")
-    return files
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +46,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def official_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "official.safetensors", "official", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_checkpoint: Path) -> Path:
+    """The session's one ONNX export of the tiny checkpoint: every variant (fp32, fp16, int8), both stream modes and
+    the transformers.js folder. It is written straight into the engine's export cache (this session's
+    `MIMISTACK_CACHE`), so `load_onnx_engine(weights=tiny_checkpoint)` and `mimistack serve` reuse it. Tests that
+    change an export copy this folder first."""
+    from mimistack.engine.export import export_onnx
+    from mimistack.engine.onnx_cache import cached_export_dir
+    from mimistack.weights import file_sha256
+
+    target = cached_export_dir(file_sha256(tiny_checkpoint))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(tiny_checkpoint, target, variants=("fp32", "fp16", "int8"), stream_modes=("window", "moshi"))
+    return target
 
 
 @pytest.fixture(scope="session")

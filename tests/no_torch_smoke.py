@@ -2,9 +2,9 @@
 
     python tests/no_torch_smoke.py ONNX_DIR [AUDIO] [--block-torch]
 
-Given a folder written by `mimistack export-onnx`, it encodes a speech file (default: the first of
-../shared/speech, else 4 s of synthetic audio), decodes it at several level subsets, streams it through the
-stream encoder and decoder, checks streaming == batch, and asserts that torch was never importable.
+Given a folder written by `mimistack export-onnx`, it encodes a speech file (default: 4 s of synthetic audio),
+decodes it at several level subsets, streams it through the stream encoder and decoder, checks streaming == batch,
+and asserts that torch was never importable.
 `--block-torch` makes torch unimportable in this process first (for machines that have torch, e.g. the test
 suite's subprocess check). Exit status 0 and a last line starting with "ok" on success.
 """
@@ -38,17 +38,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from mimistack import Codec, load_audio
+    from mimistack import Codec, OnnxOptions, load_audio
     from mimistack.testing import synthetic_signal
 
     started = time.perf_counter()
-    codec = Codec.load(engine="onnx", onnx_dir=args.onnx_dir)
+    from mimistack.engine.options import resolve_options
+
+    assert isinstance(resolve_options("auto"), OnnxOptions), "engine='auto' must pick ONNX Runtime without torch"
+    codec = Codec.load(engine=OnnxOptions(onnx_dir=args.onnx_dir))
     loaded = time.perf_counter() - started
-    audio = Path(args.audio) if args.audio else next(iter(sorted((REPO.parent / "shared" / "speech").glob("*.wav"))),
-                                                      None)
-    if audio is not None:
-        pcm = load_audio(audio)[: 6 * codec.sample_rate]
-        source = audio.name
+    if args.audio:
+        audio = Path(args.audio)
+        pcm, source = load_audio(audio)[: 6 * codec.sample_rate], audio.name
     else:
         pcm, source = synthetic_signal(4.0, seed=5), "synthetic signal"
 

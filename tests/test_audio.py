@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tracemalloc
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from mimistack.audio import (
     save_audio,
     validate_pcm,
 )
+from speech_data import speech_files
 
-SPEECH_DIR = Path(os.environ.get("MIMISTACK_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared" / "speech"))
-SPEECH = sorted(SPEECH_DIR.glob("*.wav"))
-needs_speech = pytest.mark.skipif(not SPEECH, reason=f"no speech samples in {SPEECH_DIR}")
+SPEECH = speech_files()
 
 
 def tone(rate: int, seconds: float, frequency: float = 440.0, channels: int = 1) -> np.ndarray:
@@ -55,7 +53,6 @@ def encode_with_pyav(path: Path, codec: str, rate: int, samples: np.ndarray) -> 
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
-@needs_speech
 def test_speech_wav_loads_unchanged() -> None:
     reference, rate = soundfile.read(SPEECH[0], dtype="float32")
     assert rate == 24_000
@@ -64,7 +61,6 @@ def test_speech_wav_loads_unchanged() -> None:
     np.testing.assert_array_equal(pcm, reference)
 
 
-@needs_speech
 @pytest.mark.parametrize("chunk_seconds", [0.08, 1.0, 30.0])
 def test_iter_audio_chunks_concatenate_to_load_audio(chunk_seconds: float) -> None:
     chunks = list(iter_audio(SPEECH[-1], chunk_seconds=chunk_seconds))

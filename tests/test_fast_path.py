@@ -1,5 +1,6 @@
-"""The opt-in whole-input fast path (`mimistack.torch.fast`, `Codec.load(fast=True)`): same function as the exact
-batch path in float32 (different summation order), used only for batch calls that fit `fast_max_frames`."""
+"""The opt-in whole-input fast path (`mimistack.torch.fast`, `Codec.load(engine=TorchOptions(fast=True))`): same
+function as the exact batch path in float32 (different summation order), used only for batch calls that fit
+`fast_max_frames`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from mimistack.codec import Codec  # noqa: E402
 from mimistack.engine.base import EngineError  # noqa: E402
+from mimistack.engine.options import OnnxOptions, TorchOptions  # noqa: E402
 from mimistack.testing import synthetic_signal  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,7 +64,7 @@ def test_seanet_stacks_match_the_streaming_modules(tiny_checkpoint: Path, channe
 
 
 def test_fast_codec_equals_the_exact_codec_in_float32(tiny_checkpoint: Path, tiny_codec: Codec) -> None:
-    fast = Codec.load(tiny_checkpoint, fast=True)
+    fast = Codec.load(tiny_checkpoint, engine=TorchOptions(fast=True))
     assert fast.engine.whole_max_frames == 1500
     signals = [synthetic_signal(2.0, seed=11), synthetic_signal(3.3, seed=12)[:70_001]]
     exact_grids = tiny_codec.encode_batch(signals)
@@ -83,7 +85,7 @@ def test_fast_codec_equals_the_exact_codec_in_float32(tiny_checkpoint: Path, tin
 
 def test_fast_codec_falls_back_to_the_chunked_path_for_long_inputs(tiny_checkpoint: Path,
                                                                     tiny_codec: Codec) -> None:
-    codec = Codec.load(tiny_checkpoint, fast=True, chunk_frames=10)
+    codec = Codec.load(tiny_checkpoint, engine=TorchOptions(fast=True), chunk_frames=10)
     codec.engine.whole_max_frames = 8  # shorter than the input: the exact chunked path runs, fast path untouched
     calls: list[str] = []
     codec.engine.encode_whole = lambda pcm: calls.append("encode") or None  # type: ignore[method-assign]
@@ -95,7 +97,7 @@ def test_fast_codec_falls_back_to_the_chunked_path_for_long_inputs(tiny_checkpoi
 
 
 def test_fast_bfloat16_runs_and_stays_close(tiny_checkpoint: Path, tiny_codec: Codec) -> None:
-    codec = Codec.load(tiny_checkpoint, fast=True, dtype="bfloat16")
+    codec = Codec.load(tiny_checkpoint, engine=TorchOptions(fast=True, dtype="bfloat16"))
     signal = synthetic_signal(2.0, seed=5)
     grid = codec.encode(signal)
     exact = tiny_codec.encode(signal)
@@ -109,10 +111,10 @@ def test_fast_bfloat16_runs_and_stays_close(tiny_checkpoint: Path, tiny_codec: C
 
 
 def test_fast_options_are_checked(tiny_checkpoint: Path) -> None:
-    with pytest.raises(EngineError, match="compile=True needs fast=True"):
-        Codec.load(tiny_checkpoint, compile=True)
-    with pytest.raises(EngineError, match="torch engine"):
-        Codec.load(tiny_checkpoint, engine="onnx", fast=True)
+    with pytest.raises(EngineError, match="pass fast=True too"):
+        TorchOptions(compile=True)  # fails where it is written, before any weights are read
+    with pytest.raises(TypeError, match="fast"):
+        OnnxOptions(fast=True)  # type: ignore[call-arg]  # an option of the other engine cannot be written
     from mimistack.engine.torch import TorchEngine
     from mimistack.weights import load_weights
 
@@ -142,6 +144,6 @@ def test_strict_fp32_switches_tf32_off_inside_and_restores_it() -> None:
 def test_loading_an_engine_leaves_process_wide_precision_settings_alone(tiny_checkpoint: Path) -> None:
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
               torch.backends.cudnn.benchmark)
-    Codec.load(tiny_checkpoint, fast=True).encode(synthetic_signal(0.5, seed=1))
+    Codec.load(tiny_checkpoint, engine=TorchOptions(fast=True)).encode(synthetic_signal(0.5, seed=1))
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
             torch.backends.cudnn.benchmark) == before

@@ -6,18 +6,16 @@ model-based ones (ViSQOL, DNSMOS, resemblyzer, pocketsphinx) run on a few second
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mimistack import metrics
 from mimistack.config import FRAME_SIZE, SAMPLE_RATE
+from speech_data import speech_file
 
-SPEECH_DIR = Path(os.environ.get("MIMISTACK_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared" / "speech"))
 SPOKEN_TEXT = (
     "The quick brown fox jumps over the lazy dog. "
     "Please call Stella and ask her to bring these things with her from the store."
@@ -27,9 +25,7 @@ TRANSCRIBE_MAX_WER = 0.15  # measured 0.083 (2 of 24 words: "jumped", "calm") wi
 
 def _load(name: str, seconds: float | None = None) -> np.ndarray:
     soundfile = pytest.importorskip("soundfile")
-    path = SPEECH_DIR / f"{name}.wav"
-    if not path.exists():  # a missing clip is a broken checkout, not a reason to skip
-        raise FileNotFoundError(f"shared speech clip {path} is not here; set MIMISTACK_SPEECH_DIR")
+    path = speech_file(name)  # a missing clip is a broken checkout: it raises, never skips
     pcm, sample_rate = soundfile.read(path, dtype="float32")
     assert sample_rate == SAMPLE_RATE and pcm.ndim == 1
     return pcm if seconds is None else pcm[: round(seconds * SAMPLE_RATE)]

@@ -21,13 +21,10 @@ import pytest
 from mimistack.codec import Codec
 from mimistack.engine.base import EngineError
 from mimistack.engine.export import ExportError, export_onnx
-from mimistack.engine.onnx import (
-    MANIFEST_NAME,
-    OnnxDirError,
-    OnnxEngine,
-    cached_export_dir,
-    load_onnx_engine,
-)
+from mimistack.engine.onnx import OnnxEngine
+from mimistack.engine.onnx_cache import cached_export_dir, load_onnx_engine
+from mimistack.engine.onnx_format import MANIFEST_NAME, OnnxDirError
+from mimistack.engine.options import OnnxOptions, TorchOptions
 from mimistack.levels import Levels, latent_from_codes
 from mimistack.testing import synthetic_signal, write_random_checkpoint
 
@@ -40,22 +37,11 @@ samples). `assert_codes_match` therefore also proves each difference to be such 
 NEAR_TIE = 1e-4
 """Relative gap between two centroids' squared distances (in float64) below which either choice is rounding."""
 AUDIO_TOLERANCE = 1e-5
-_EXPORTS: dict[str, Path] = {}
-
-
-def export_tiny_once(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
-    """The session's one export of the tiny checkpoint (also used by test_transformers_js)."""
-    key = str(checkpoint)
-    if key not in _EXPORTS:
-        target = tmp_path_factory.mktemp("onnx") / "tiny"
-        export_onnx(checkpoint, target, variants=("fp32", "fp16", "int8"), stream_modes=("window", "moshi"))
-        _EXPORTS[key] = target
-    return _EXPORTS[key]
 
 
 @pytest.fixture(scope="session")
-def onnx_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    return export_tiny_once(tmp_path_factory, tiny_checkpoint)
+def onnx_dir(tiny_onnx_dir: Path) -> Path:
+    return tiny_onnx_dir
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +51,7 @@ def manifest(onnx_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def onnx_codec(onnx_dir: Path) -> Codec:
-    return Codec.load(engine="onnx", onnx_dir=onnx_dir)
+    return Codec.load(engine=OnnxOptions(onnx_dir=onnx_dir))
 
 
 def session(path: Path):  # -> onnxruntime.InferenceSession
@@ -203,8 +189,8 @@ def test_chunked_batch_carries_state_like_the_torch_engine(onnx_dir: Path, tiny_
     """Codec cuts long inputs into chunks with the state carried over: 7-frame chunks here."""
     pcm = frames_of(3.0, seed=21)
     torch_codec = Codec.load(tiny_checkpoint, chunk_frames=7)
-    onnx_codec = Codec.load(engine="onnx", onnx_dir=onnx_dir, chunk_frames=7)
-    whole = Codec.load(engine="onnx", onnx_dir=onnx_dir).encode(pcm)
+    onnx_codec = Codec.load(engine=OnnxOptions(onnx_dir=onnx_dir), chunk_frames=7)
+    whole = Codec.load(engine=OnnxOptions(onnx_dir=onnx_dir)).encode(pcm)
     grid = onnx_codec.encode(pcm)
     assert_codes_match(torch_codec, pcm, grid.codes, whole.codes)
     assert_codes_match(torch_codec, pcm, grid.codes, torch_codec.encode(pcm).codes)
@@ -254,7 +240,7 @@ def test_moshi_cache_mode_streams_like_the_torch_engine_beyond_the_context(onnx_
 
 
 def test_every_prefix_and_some_subsets_decode_through_the_one_decoder(onnx_dir: Path, tiny_codec: Codec) -> None:
-    codec = Codec.load(engine="onnx", onnx_dir=onnx_dir)
+    codec = Codec.load(engine=OnnxOptions(onnx_dir=onnx_dir))
     grid = tiny_codec.encode(frames_of(0.9, seed=3))
     subsets: list[object] = [*range(1, 33), "none", "0,3,9", "5", "1-31", "0,31", {2, 4, 8, 16}]
     for levels in subsets:
@@ -324,7 +310,7 @@ def test_the_onnx_engine_runs_with_torch_unimportable(onnx_dir: Path, speech: li
 def test_no_torch_module_is_imported_on_the_onnx_path(onnx_dir: Path) -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
             "import numpy as np, mimistack\n"
-            f"codec = mimistack.Codec.load(engine='onnx', onnx_dir={str(onnx_dir)!r})\n"
+            f"codec = mimistack.Codec.load(engine=mimistack.OnnxOptions(onnx_dir={str(onnx_dir)!r}))\n"
             "grid = codec.encode(np.zeros(5000, np.float32)); codec.decode(grid, '0-3')\n"
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript'))\n"
             "print(loaded)\n")
@@ -364,7 +350,7 @@ def test_weights_without_onnx_dir_use_the_cache_keyed_by_sha256(
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
     first = load_onnx_engine(weights=tiny_checkpoint)
-    assert calls == [(str(tiny_checkpoint), folder, {"revision": None, "transformers_js": False})]
+    assert calls == [(str(tiny_checkpoint), folder, {"transformers_js": False})]
     assert first.onnx_dir == folder and first.weights_sha256 == sha256
     second = Codec.load(tiny_checkpoint, engine="onnx")
     assert len(calls) == 1, "the second load must reuse the cached export"
@@ -389,7 +375,7 @@ def test_missing_folder_and_missing_manifest_are_explained(tmp_path: Path) -> No
         OnnxEngine(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(OnnxDirError, match=r"holds no manifest\.json"):
-        Codec.load(engine="onnx", onnx_dir=tmp_path / "empty")
+        Codec.load(engine=OnnxOptions(onnx_dir=tmp_path / "empty"))
     (tmp_path / "file").write_text("x")
     with pytest.raises(OnnxDirError, match="is a file"):
         OnnxEngine(tmp_path / "file")
@@ -422,7 +408,7 @@ def test_corrupt_folders_are_refused_with_a_clear_error(onnx_dir: Path, tmp_path
     else:
         (folder / "codebooks.safetensors").unlink()
     with pytest.raises(OnnxDirError, match=message):
-        Codec.load(engine="onnx", onnx_dir=folder)
+        Codec.load(engine=OnnxOptions(onnx_dir=folder))
 
 
 def test_same_size_corruption_is_caught_by_sha256_or_by_onnx_runtime(onnx_dir: Path, tmp_path: Path) -> None:
@@ -523,7 +509,7 @@ def test_cli_and_codec_select_an_onnx_variant(onnx_dir: Path, tmp_path: Path, sp
     from mimistack.audio import load_audio
     from mimistack.tokens import TokenGrid
 
-    codec = Codec.load(engine="onnx", onnx_dir=onnx_dir, onnx_variant="fp16")
+    codec = Codec.load(engine=OnnxOptions(onnx_dir=onnx_dir, variant="fp16"))
     assert codec.engine.variant == "fp16"  # type: ignore[attr-defined]
     tokens, audio = tmp_path / "speech.mimi", tmp_path / "speech.wav"
     assert cli.main(["encode", str(speech[0]), "-o", str(tokens), "--engine", "onnx", "--onnx", str(onnx_dir),
@@ -536,11 +522,13 @@ def test_cli_and_codec_select_an_onnx_variant(onnx_dir: Path, tmp_path: Path, sp
     assert got.shape == want.shape and relative_l2(got, want) < 1e-3  # wav is 16-bit or float; fp16 either way
     capsys.readouterr()
     assert cli.main(["encode", str(speech[0]), "-o", str(tmp_path / "x.mimi"), "--weights", "random-tiny",
-                     "--onnx-variant", "int8", "-q"]) == 2
-    assert "--onnx-variant int8 needs --engine onnx" in capsys.readouterr().err
+                     "--engine", "torch", "--onnx-variant", "int8", "-q"]) == 2
+    assert "--onnx and --onnx-variant are options of --engine onnx" in capsys.readouterr().err
     assert not (tmp_path / "x.mimi").exists()
-    with pytest.raises(EngineError, match="needs engine='onnx'"):
-        Codec.load("random-tiny", onnx_variant="int8")
+    with pytest.raises(TypeError, match="variant"):
+        TorchOptions(variant="int8")  # type: ignore[call-arg]
+    with pytest.raises(EngineError, match="variant must be one of"):
+        OnnxOptions(variant="int4")  # type: ignore[arg-type]
 
 
 def test_shared_thread_pool_gives_the_same_results_and_keeps_export_checks_working(onnx_dir: Path,
@@ -578,7 +566,7 @@ print("ok")
 
 def test_the_program_entry_point_turns_the_shared_pool_on(monkeypatch: pytest.MonkeyPatch) -> None:
     from mimistack import cli
-    from mimistack.engine import onnx as onnx_engine
+    from mimistack.engine import ort_session as onnx_engine
 
     seen: list[bool] = []
     monkeypatch.setattr(onnx_engine, "prefer_shared_thread_pool", lambda enabled=True: seen.append(enabled))

@@ -19,19 +19,17 @@ import pytest
 from mimistack.codec import Codec
 from mimistack.levels import Levels
 from mimistack.testing import synthetic_signal
-from test_onnx import AUDIO_TOLERANCE, assert_codes_match, export_tiny_once
+from test_onnx import AUDIO_TOLERANCE, assert_codes_match
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (CI installs it with the npm packages)")
 
 
-def test_transformers_js_mimi_model_reproduces_python(tmp_path_factory: pytest.TempPathFactory,
-                                                      tiny_checkpoint: Path, tiny_codec: Codec,
-                                                      tmp_path: Path) -> None:
+def test_transformers_js_mimi_model_reproduces_python(tiny_onnx_dir: Path, tiny_codec: Codec, tmp_path: Path) -> None:
     if not (JS_DIR / "node_modules" / "@huggingface" / "transformers").is_dir():
         pytest.fail("tests/js/node_modules is missing: run `npm ci --prefix tests/js`")
-    folder = export_tiny_once(tmp_path_factory, tiny_checkpoint) / "transformers.js"
+    folder = tiny_onnx_dir / "transformers.js"
     pcm = synthetic_signal(2.0, seed=13)[: 2 * 24000 - 500]  # not a whole number of frames: the graph pads
     pcm.astype("<f4").tofile(tmp_path / "input.f32")
     counts = [1, 2, 8, 32]

@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "e2e" / "drive.mjs"
 CHROMIUM = Path(os.environ.get("MIMISTACK_CHROMIUM", "/usr/bin/chromium"))
 STATIC = REPO / "src" / "mimistack" / "server" / "static"
-SPEECH_FILE = "flite_slt.wav"  # 6.7 s, female voice
+SPEECH_FILE = "flite_awb.wav"  # 6.8 s, male voice
 DECODE_TOLERANCE = 5e-6
 """Largest |browser - Python| sample difference accepted for the same codes and levels (float32 arithmetic in
 WebAssembly vs the PyTorch reference; observed about 2e-7)."""
@@ -75,11 +75,10 @@ def _browser_available() -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_checkpoint: Path) -> Path:
-    """The tiny checkpoint's ONNX graphs in the engine's export cache, where `mimistack serve` looks for them."""
-    from mimistack.engine.onnx import load_onnx_engine
-
-    return load_onnx_engine(weights=tiny_checkpoint).onnx_dir
+def exported(tiny_onnx_dir: Path) -> Path:
+    """The tiny checkpoint's ONNX graphs in the engine's export cache, where `mimistack serve` looks for them (the
+    session's one export)."""
+    return tiny_onnx_dir
 
 
 def _free_port() -> int:
@@ -217,7 +216,7 @@ def test_page_encodes_toggles_and_decodes_like_python(server: str, speech: list[
     assert grid.weights_sha256 == tiny_codec.weights_sha256
     assert grid.metadata == {"source": SPEECH_FILE, "writer": "mimistack-web"}
     assert grid_to_bytes(grid) == mimi  # the JS writer produces Python's bytes exactly
-    assert result["downloadName"] == "flite_slt.mimi"
+    assert result["downloadName"] == "flite_awb.mimi"
 
     # The page read Python's frame-major file and decoded it as Python does.
     assert result["openedMimi"]["numFrames"] == other.num_frames
@@ -269,15 +268,13 @@ def test_live_stream_from_the_microphone(server: str, speech: list[Path], tiny_c
 
 
 
-def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(tiny_checkpoint: Path, speech: list[Path],
+def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(tiny_checkpoint: Path, tiny_onnx_dir: Path,
+                                                                 speech: list[Path],
                                                                  tmp_path_factory: pytest.TempPathFactory,
                                                                  tmp_path: Path) -> None:
     """`?variant=int8` loads the int8 graphs of an export that has them; the page's benchmark hook streams with 1, 2
     and 4 frames per decoder call (live mode's catch-up steps) and times each."""
-    from mimistack.engine.export import export_onnx
-
-    folder = tmp_path_factory.mktemp("variants") / "onnx"
-    export_onnx(tiny_checkpoint, folder, variants=("fp32", "int8"), transformers_js=False)
+    folder = tiny_onnx_dir  # the session's export has the int8 graphs
     audio = next(p for p in speech if p.name == SPEECH_FILE)
     serving = _serve(tiny_checkpoint, tmp_path_factory, "--onnx", str(folder))
     url = next(serving)

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from safetensors.numpy import load_file, save_file
 
 from mimistack.config import MimiConfig
@@ -150,8 +155,64 @@ def test_hub_id_offline_and_not_cached_says_what_to_do(tmp_path: Path, monkeypat
     with pytest.raises(WeightsError) as info:
         resolve_weights("kyutai/mimi")
     message = str(info.value)
-    assert "huggingface-cli download kyutai/mimi model.safetensors" in message
-    assert "--weights /path/to/model.safetensors" in message
+    assert "hf download kyutai/mimi model.safetensors" in message and "huggingface-cli" not in message
+    assert "--weights /path/to/model.safetensors" in message and "--weights random" in message
+    assert str(tmp_path / "empty-cache") in message and "HF_HUB_OFFLINE" in message
+
+
+BLOCK_NETWORK = """
+import socket
+
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+def _loopback(host):
+    return host in ("localhost", "::1") or str(host).startswith("127.")
+
+def getaddrinfo(host, *args, **kwargs):
+    if not _loopback(host):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (network blocked by the test)")
+    return _getaddrinfo(host, *args, **kwargs)
+
+def connect(self, address):
+    if isinstance(address, tuple) and not _loopback(address[0]):
+        raise OSError(101, "Network is unreachable (blocked by the test)")
+    return _connect(self, address)
+
+socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
+"""
+
+
+@pytest.mark.parametrize("where", ["resolve", "cli"])
+def test_without_network_a_model_command_fails_fast_with_one_message(tmp_path: Path, where: str) -> None:
+    """No HF_HUB_OFFLINE, no cache, and no network (name resolution and connections blocked in the child): the
+    first model command fails within about 2 s with one message that says what to do."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_NETWORK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")]),
+               HF_HOME=str(tmp_path / "hf-home"), MIMISTACK_CACHE=str(tmp_path / "cache"))
+    if where == "resolve":
+        command = [sys.executable, "-c", "import mimistack.weights as w; w.resolve_weights('kyutai/mimi')"]
+    else:
+        clip = tmp_path / "a.wav"
+        soundfile.write(clip, np.zeros(4800, dtype=np.float32), 24_000)
+        command = [sys.executable, "-m", "mimistack", "encode", str(clip), "-o", str(tmp_path / "a.mimi")]
+    baseline = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import mimistack.weights"], env=env, check=True, timeout=120)
+    startup = time.perf_counter() - baseline  # the interpreter and imports, which the limit does not count
+    started = time.perf_counter()
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - started - startup
+    assert completed.returncode != 0
+    output = completed.stderr
+    assert elapsed < 2.5, f"took {elapsed:.1f} s beyond start-up to fail:\n{output}"
+    assert output.count("hf download kyutai/mimi") == 1, output
+    assert "--weights random" in output and str(tmp_path / "hf-home") in output
+    assert "Network is unreachable" in output or "not known" in output
+    assert "Traceback" not in output or where == "resolve"
+    assert "retry" not in output.lower() and "warning" not in output.lower(), output
+    if where == "cli":
+        assert completed.returncode == 2 and not (tmp_path / "a.mimi").exists()
 
 
 def test_hub_id_resolves_from_the_offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

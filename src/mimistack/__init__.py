@@ -2,20 +2,34 @@
 
 Public API (imports are lazy so that `import mimistack` stays light and torch-free)::
 
-    codec = mimistack.Codec.load("kyutai/mimi", engine="torch")
+    codec = mimistack.Codec.load("kyutai/mimi")        # engine="auto": torch when installed, else ONNX Runtime
     grid = codec.encode(mimistack.load_audio("speech.wav"))
     pcm = codec.decode(grid, levels="0-7")
+
+Every error mimistack raises on purpose derives from `mimistack.MimistackError`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the same names load lazily
+    from .audio import load_audio, save_audio
+    from .codec import Codec
+    from .config import MimiConfig
+    from .engine.options import OnnxOptions, TorchOptions
+    from .errors import MimistackError
+    from .levels import Levels
+    from .tokens import TokenGrid
+
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "Codec": "mimistack.codec",
+    "MimistackError": "mimistack.errors",
+    "OnnxOptions": "mimistack.engine.options",
+    "TorchOptions": "mimistack.engine.options",
     "MimiConfig": "mimistack.config",
     "Levels": "mimistack.levels",
     "TokenGrid": "mimistack.tokens",
@@ -23,7 +37,8 @@ _EXPORTS = {
     "save_audio": "mimistack.audio",
 }
 
-__all__ = ["Codec", "Levels", "MimiConfig", "TokenGrid", "__version__", "load_audio", "save_audio"]
+__all__ = ["Codec", "Levels", "MimiConfig", "MimistackError", "OnnxOptions", "TokenGrid", "TorchOptions",
+           "__version__", "load_audio", "save_audio"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +22,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from ._files import commit, refuse_overwrite
+from .errors import MimistackError
+from ._files import commit, discard, open_temporary, refuse_overwrite
 from .config import SAMPLE_RATE
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "audio_info",
     "iter_audio",
     "load_audio",
+    "resample",
     "save_audio",
     "validate_pcm",
 ]
@@ -42,12 +43,14 @@ logger = logging.getLogger(__name__)
 SOUNDFILE_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".au", ".snd",
                                 ".w64", ".rf64", ".caf"})
 """Suffixes tried with soundfile (libsndfile) first; everything else goes to PyAV first."""
+AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | frozenset({".mp3", ".opus", ".m4a", ".aac", ".webm", ".mka", ".mp4", ".wma"})
+"""The one list of suffixes that commands taking folders (`stats`, `quality`, `tokenize-corpus`) treat as audio."""
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
 RESAMPLE_QUALITY = "VHQ"
 _DECODE_BLOCK = 1 << 16  # source samples per decoding step: bounds memory, amortises per-call costs
 
 
-class AudioError(ValueError):
+class AudioError(MimistackError, ValueError):
     """Audio that cannot be read, written or used: missing, undecodable, empty, non-finite or of the wrong shape."""
 
 
@@ -90,6 +93,18 @@ def validate_pcm(pcm: Any) -> np.ndarray:
     array = np.ascontiguousarray(array, dtype=np.float32)
     _check_finite(array, "pcm")
     return array
+
+
+def resample(pcm: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample mono float32 `pcm [N]` from `from_rate` to `to_rate` Hz with soxr (very high quality); the
+    same resampler `load_audio` uses for files."""
+    if from_rate <= 0 or to_rate <= 0:
+        raise AudioError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    samples = validate_pcm(pcm)
+    if from_rate == to_rate:
+        return samples
+    out = soxr.resample(samples, from_rate, to_rate, quality=RESAMPLE_QUALITY)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _check_finite(samples: np.ndarray, what: str, offset: int = 0, sample_rate: int | None = None) -> None:
@@ -386,12 +401,7 @@ class AudioWriter:
         self.force = force
         self.container, self.subtype = _output_format(self.path, subtype)
         self.num_samples = 0
-        refuse_overwrite(self.path, force)
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"cannot write {self.path}: directory {self.path.parent} does not exist")
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self._tmp = Path(name)
-        self._handle: BinaryIO = os.fdopen(fd, "w+b")
+        self._handle, self._tmp = open_temporary(self.path, force, mode="w+b")
         try:
             self._file = soundfile.SoundFile(self._handle, "w", samplerate=self.sample_rate, channels=1,
                                              subtype=self.subtype, format=self.container, closefd=False)
@@ -435,8 +445,7 @@ class AudioWriter:
     def _discard(self) -> None:
         if not self._handle.closed:
             self._handle.close()
-        if self._tmp.exists():
-            self._tmp.unlink()
+        discard(self._tmp)
 
     def __enter__(self) -> AudioWriter:
         return self

@@ -15,27 +15,46 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
 import numpy as np
+from numpy.typing import NDArray
 
-from .audio import validate_pcm
+from ._files import cache_dir
+from .audio import resample, validate_pcm
 from .config import MimiConfig
-from .engine.base import CacheMode, Engine, EngineError
+from .errors import MimistackError
+from .engine.base import CacheMode, Engine
+from .engine.options import EngineName, EngineOptions, OnnxOptions, TorchOptions, resolve_options
 from .levels import Levels, LevelsLike
 from .tokens import TokenGrid, TokenGridError
+from .weights import WeightsRef
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
+
+PcmLike: TypeAlias = "NDArray[np.floating[Any]] | torch.Tensor"
+"""Mono float pcm `[N]`: a numpy array or a torch tensor (any device; tensors come back as tensors)."""
+CodesLike: TypeAlias = "NDArray[np.integer[Any]] | torch.Tensor"
+"""Integer codes `[num_levels, T]`: a numpy array or a torch tensor."""
+_Array = TypeVar("_Array", NDArray[Any], "torch.Tensor")
 
 DEFAULT_WEIGHTS = "kyutai/mimi"
 RANDOM_WEIGHTS = ("random", "random-tiny")
 DEFAULT_CHUNK_FRAMES = 125  # 10 s: as fast as one pass, and memory stays flat in input length
 
 
-class CodecError(ValueError):
+class CodecError(MimistackError, ValueError):
     """A request the codec cannot serve (bad input, levels that are not there, closed stream)."""
+
+
+class AudioTooLongError(CodecError):
+    """An input longer than the caller's limit (`Codec.encode_file(max_seconds=...)`)."""
 
 
 def random_weights_path(name: str = "random", seed: int = 0) -> Path:
@@ -43,8 +62,7 @@ def random_weights_path(name: str = "random", seed: int = 0) -> Path:
     from .testing import write_random_checkpoint
 
     config = "tiny" if name == "random-tiny" else "official"
-    folder = Path(os.environ.get("MIMISTACK_CACHE", Path.home() / ".cache" / "mimistack"))
-    path = folder / f"random-{config}-seed{seed}.safetensors"
+    path = cache_dir() / f"random-{config}-seed{seed}.safetensors"
     if not path.exists():
         logger.warning("writing a random %s checkpoint to %s (audio decoded with it is meaningless)", config, path)
         write_random_checkpoint(path, config, seed=seed)
@@ -62,37 +80,35 @@ class Codec:
         self.source = source
 
     @classmethod
-    def load(cls, weights: str | os.PathLike[str] = DEFAULT_WEIGHTS, *, engine: str = "torch", device: str = "cpu",
-             revision: str | None = None, dtype: str = "float32", onnx_dir: str | os.PathLike[str] | None = None,
-             chunk_frames: int = DEFAULT_CHUNK_FRAMES, num_threads: int | None = None, fast: bool = False,
-             compile: bool = False, onnx_variant: str = "fp32") -> Codec:
-        """Load weights (local file, hub id, or "random"/"random-tiny") on an engine ("torch" or "onnx").
+    def load(cls, weights: str | os.PathLike[str] = DEFAULT_WEIGHTS, engine: EngineName | EngineOptions = "auto", *,
+             revision: str | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> Codec:
+        """Load weights (a local .safetensors file or folder, a hub id, or "random"/"random-tiny") on an engine.
 
-        `fast`/`compile` (torch engine only): the whole-input fast path for batch calls (`TorchEngine`), meant for
-        GPU corpus work with dtype="bfloat16"; codes then differ from the exact path's on some tokens.
-        `onnx_variant` (onnx engine only): "fp32" (exact), or "fp16"/"int8" graphs when they were exported.
+        `engine`: "auto" (torch when it is installed, else ONNX Runtime), "torch", "onnx", or an options object,
+        `TorchOptions(device=..., dtype=..., fast=...)` or `OnnxOptions(onnx_dir=..., variant=...)`, which holds the
+        settings that only that engine understands. `revision`: the hub revision (branch, tag or commit).
         """
+        options = resolve_options(engine)
         source = os.fspath(weights)
-        if engine != "onnx" and onnx_variant != "fp32":
-            raise EngineError(f"onnx_variant={onnx_variant!r} needs engine='onnx'")
-        if source in RANDOM_WEIGHTS:
-            weights = random_weights_path(source)
-        if engine == "torch":
+        if isinstance(options, OnnxOptions) and options.onnx_dir is not None and source == DEFAULT_WEIGHTS:
+            from .engine.onnx_cache import load_onnx_engine  # the export folder alone: its manifest names the weights
+
+            backend: Engine = load_onnx_engine(onnx_dir=options.onnx_dir, device=options.device,
+                                               num_threads=options.num_threads, variant=options.variant)
+            return cls(backend, chunk_frames=chunk_frames, source=source)
+        # The weights first: a missing file or an unreachable hub fails before any engine (torch) is imported.
+        ref = WeightsRef.resolve(random_weights_path(source) if source in RANDOM_WEIGHTS else weights, revision)
+        if isinstance(options, TorchOptions):
             from .engine.torch import TorchEngine
             from .weights import load_weights
 
-            backend: Engine = TorchEngine(load_weights(weights, revision=revision), device=device, dtype=dtype,
-                                          num_threads=num_threads, fast=fast, compile=compile)
-        elif engine == "onnx":
-            if fast or compile:
-                raise EngineError("fast/compile are options of the torch engine, not of engine='onnx'")
-            from .engine.onnx import load_onnx_engine
-
-            backend = load_onnx_engine(weights=None if onnx_dir is not None and source == DEFAULT_WEIGHTS else weights,
-                                       onnx_dir=onnx_dir, revision=revision, device=device,
-                                       num_threads=num_threads, variant=onnx_variant)
+            backend = TorchEngine(load_weights(ref), device=options.device, dtype=options.dtype,
+                                  num_threads=options.num_threads, fast=options.fast, compile=options.compile)
         else:
-            raise EngineError(f"unknown engine {engine!r}; expected 'torch' or 'onnx'")
+            from .engine.onnx_cache import load_onnx_engine
+
+            backend = load_onnx_engine(weights=ref, onnx_dir=options.onnx_dir, device=options.device,
+                                       num_threads=options.num_threads, variant=options.variant)
         return cls(backend, chunk_frames=chunk_frames, source=source)
 
     # -- description ----------------------------------------------------------------------------------------
@@ -129,31 +145,65 @@ class Codec:
                 f"weights_sha256={self.weights_sha256[:12]}…, levels={self.num_levels})")
 
     # -- encode ---------------------------------------------------------------------------------------------
-    def encode(self, pcm: Any) -> TokenGrid:
-        """float32 pcm `[N]` at 24 kHz -> a TokenGrid with all levels, `ceil(N / 1920)` frames."""
-        return self.encode_batch([pcm])[0]
+    def encode(self, pcm: PcmLike, sample_rate: int | None = None) -> TokenGrid:
+        """Mono pcm `[N]` (numpy or torch, floating point in [-1, 1]) -> a TokenGrid with all levels,
+        `ceil(N' / 1920)` frames, where N' is the length at 24 kHz.
 
-    def encode_batch(self, pcms: Sequence[Any]) -> list[TokenGrid]:
+        `sample_rate`: the rate of `pcm` (default: the codec's, 24 kHz); other rates are resampled with soxr."""
+        return self.encode_batch([pcm], sample_rate)[0]
+
+    def encode_batch(self, pcms: Sequence[PcmLike], sample_rate: int | None = None) -> list[TokenGrid]:
         """Several utterances in one batch (padded to the longest; each grid trimmed to its own length)."""
-        signals = [validate_pcm(p) for p in pcms]
+        signals = [self._pcm(p, sample_rate) for p in pcms]
         if not signals:
             return []
         lengths = [len(s) for s in signals]
-        frames = [-(-n // self.frame_size) for n in lengths]
+        frames = [self.config.num_frames(n) for n in lengths]
         shape = (len(signals), 1, max(frames) * self.frame_size)
         # An engine may lend a buffer it can send to its device without another copy (page-locked memory on CUDA).
-        host_buffer = getattr(self.engine, "host_buffer", None)
-        batch = host_buffer(shape) if host_buffer is not None else np.empty(shape, dtype=np.float32)
+        batch = self.engine.host_buffer(shape)
         for row, signal in enumerate(signals):
             batch[row, 0, :len(signal)] = signal
             batch[row, 0, len(signal):] = 0.0
         codes = self._encode_frames(batch)
         return [self._grid(codes[row, :, :frames[row]], lengths[row]) for row in range(len(signals))]
 
+    def encode_file(self, path: str | os.PathLike[str], *, progress: Callable[[float], object] | None = None,
+                    max_seconds: float | None = None) -> TokenGrid:
+        """Encode an audio file of any format, rate and length with bounded memory.
+
+        The file is decoded and encoded in chunks of `chunk_frames` frames with the model state carried across
+        them, so the codes are those of `encode(load_audio(path))`. `progress` is called with the seconds of audio
+        done after each chunk; past `max_seconds` of audio, `AudioTooLongError` stops the work. Used by the CLI and
+        the server alike."""
+        from .audio import iter_audio
+
+        chunk_seconds = self.chunk_frames * self.frame_size / self.sample_rate
+        stream = self.stream_encoder()
+        for chunk in iter_audio(path, sample_rate=self.sample_rate, chunk_seconds=chunk_seconds):
+            stream.push(chunk)
+            if max_seconds is not None and stream.samples_received > max_seconds * self.sample_rate:
+                raise AudioTooLongError(f"{os.fspath(path)} is longer than {max_seconds:g} s")
+            if progress is not None:
+                progress(len(chunk) / self.sample_rate)
+        stream.flush()
+        if stream.samples_received == 0:
+            raise CodecError(f"{os.fspath(path)} holds no audio")
+        return stream.grid()
+
+    def _pcm(self, pcm: PcmLike, sample_rate: int | None) -> NDArray[np.float32]:
+        array, _ = _as_numpy(pcm)
+        signal = validate_pcm(array)
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            if not isinstance(sample_rate, int) or sample_rate <= 0:
+                raise CodecError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+            signal = resample(signal, sample_rate, self.sample_rate)
+        return signal
+
     def _encode_frames(self, batch: np.ndarray) -> np.ndarray:
         total = batch.shape[-1] // self.frame_size
-        if 0 < total <= getattr(self.engine, "whole_max_frames", 0):
-            return self.engine.encode_whole(batch)  # type: ignore[attr-defined]
+        if 0 < total <= self.engine.whole_max_frames:
+            return self.engine.encode_whole(batch)
         state = self.engine.init_encoder_state(batch.shape[0], "window")
         parts = []
         for start in range(0, total, self.chunk_frames):
@@ -193,14 +243,22 @@ class Codec:
         pcm = self._decode_frames(codes, selected)
         return [pcm[row, 0, :grid.num_samples].copy() for row, grid in enumerate(grids)]
 
-    def decode_codes(self, codes: np.ndarray, levels: LevelsLike = None, num_samples: int | None = None) -> np.ndarray:
-        """Decode raw codes `[num_levels, T]` -> pcm `[num_samples or T*1920]`."""
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[0] != self.num_levels:
-            raise CodecError(f"codes must be [{self.num_levels}, T], got shape {codes.shape}")
+    @overload
+    def decode_codes(self, codes: NDArray[np.integer[Any]], levels: LevelsLike = None,
+                     num_samples: int | None = None) -> NDArray[np.float32]: ...
+    @overload
+    def decode_codes(self, codes: torch.Tensor, levels: LevelsLike = None,
+                     num_samples: int | None = None) -> torch.Tensor: ...
+    def decode_codes(self, codes: CodesLike, levels: LevelsLike = None,
+                     num_samples: int | None = None) -> NDArray[np.float32] | torch.Tensor:
+        """Decode raw codes `[num_levels, T]` -> pcm `[num_samples or T*1920]` (a tensor for a tensor)."""
+        array, device = _as_numpy(codes)
+        if array.ndim != 2 or array.shape[0] != self.num_levels:
+            raise CodecError(f"codes must be [{self.num_levels}, T], got shape {array.shape}")
+        _check_tokens(array, self.codebook_size)
         selected = Levels.parse(levels, self.num_levels)
-        pcm = self._decode_frames(codes[None].astype(np.int64), selected)[0, 0]
-        return pcm if num_samples is None else pcm[:num_samples]
+        pcm = self._decode_frames(array[None].astype(np.int64), selected)[0, 0]
+        return _like(pcm if num_samples is None else pcm[:num_samples], device)
 
     def _levels_for(self, grid: TokenGrid, levels: LevelsLike) -> Levels:
         if grid.num_levels != self.num_levels:
@@ -218,8 +276,8 @@ class Codec:
 
     def _decode_frames(self, codes: np.ndarray, levels: Levels) -> np.ndarray:
         total = codes.shape[-1]
-        if 0 < total <= getattr(self.engine, "whole_max_frames", 0):
-            return self.engine.decode_whole(codes, levels)  # type: ignore[attr-defined]
+        if 0 < total <= self.engine.whole_max_frames:
+            return self.engine.decode_whole(codes, levels)
         state = self.engine.init_decoder_state(codes.shape[0], "window")
         parts = []
         for start in range(0, total, self.chunk_frames):
@@ -230,8 +288,16 @@ class Codec:
             return np.zeros((codes.shape[0], 1, 0), dtype=np.float32)
         return np.concatenate(parts, axis=-1)
 
-    def roundtrip(self, pcm: Any, levels: LevelsLike = None) -> np.ndarray:
-        return self.decode(self.encode(pcm), levels)
+    @overload
+    def roundtrip(self, pcm: NDArray[np.floating[Any]], levels: LevelsLike = None,
+                  sample_rate: int | None = None) -> NDArray[np.float32]: ...
+    @overload
+    def roundtrip(self, pcm: torch.Tensor, levels: LevelsLike = None,
+                  sample_rate: int | None = None) -> torch.Tensor: ...
+    def roundtrip(self, pcm: PcmLike, levels: LevelsLike = None,
+                  sample_rate: int | None = None) -> NDArray[np.float32] | torch.Tensor:
+        """Encode then decode `levels`: pcm at 24 kHz, as long as the input at 24 kHz (a tensor for a tensor)."""
+        return _like(self.decode(self.encode(pcm, sample_rate), levels), _as_numpy(pcm)[1])
 
     # -- streaming ------------------------------------------------------------------------------------------
     def stream_encoder(self, mode: CacheMode = "window") -> StreamEncoder:
@@ -241,6 +307,36 @@ class Codec:
     def stream_decoder(self, levels: LevelsLike = None, mode: CacheMode = "window") -> StreamDecoder:
         """A causal decoder: frames of codes in, 1920 samples per frame out; the level set may change per call."""
         return StreamDecoder(self, Levels.parse(levels, self.num_levels), mode)
+
+
+def _as_numpy(value: Any) -> tuple[NDArray[Any], Any]:
+    """A numpy view of `value`, and the device of a torch tensor (None for anything else). torch is never imported
+    here: a tensor can only exist if the caller imported it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu")
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.numpy(), value.device
+    return np.asarray(value), None
+
+
+def _like(array: NDArray[Any], device: Any) -> Any:
+    """`array` as the kind the caller gave: numpy as it is, or a torch tensor on `device`."""
+    if device is None:
+        return array
+    import torch
+
+    if array.dtype == np.uint16:  # torch has no arithmetic on uint16: tokens travel as int64 tensors
+        array = array.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def _check_tokens(codes: NDArray[Any], codebook_size: int) -> None:
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise CodecError(f"codes must be integers, got dtype {codes.dtype}")
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise CodecError(f"tokens must lie in 0-{codebook_size - 1}")
 
 
 def _chunks(done: int, count: int, step: int) -> list[tuple[int, int]]:
@@ -278,9 +374,21 @@ class StreamEncoder:
     def frames_emitted(self) -> int:
         return sum(c.shape[1] for c in self._codes)
 
-    def push(self, pcm: Any) -> np.ndarray:
+    @overload
+    def push(self, pcm: NDArray[np.floating[Any]]) -> NDArray[np.uint16]: ...
+    @overload
+    def push(self, pcm: torch.Tensor) -> torch.Tensor: ...
+    def push(self, pcm: PcmLike) -> NDArray[np.uint16] | torch.Tensor:
+        """Take a chunk of any length; return the codes `[num_levels, n]` of the frames it completed (a tensor for
+        a tensor)."""
+        array, device = _as_numpy(pcm)
+        return _like(self._push(array), device)
+
+    def _push(self, pcm: NDArray[Any]) -> NDArray[np.uint16]:
         if self.closed:
             raise CodecError("this stream encoder was flushed; start a new one")
+        if pcm.size and not np.issubdtype(pcm.dtype, np.floating):
+            raise CodecError(f"pcm must be floating point in [-1, 1], got dtype {pcm.dtype}")
         chunk = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if chunk.size and not np.isfinite(chunk).all():
             raise CodecError("pcm chunk holds NaN or infinite samples")
@@ -339,14 +447,22 @@ class StreamDecoder:
         self._state = codec.engine.init_decoder_state(1, mode)
         self.frames_received = 0
 
-    def push(self, codes: Any, levels: LevelsLike = None) -> np.ndarray:
-        array = np.asarray(codes)
+    @overload
+    def push(self, codes: NDArray[np.integer[Any]], levels: LevelsLike = None) -> NDArray[np.float32]: ...
+    @overload
+    def push(self, codes: torch.Tensor, levels: LevelsLike = None) -> torch.Tensor: ...
+    def push(self, codes: CodesLike, levels: LevelsLike = None) -> NDArray[np.float32] | torch.Tensor:
+        """Decode frames `[num_levels, n]` (or one frame `[num_levels]`) -> pcm `[n * 1920]` (a tensor for a
+        tensor); `levels` replaces the level set from this call on."""
+        array, device = _as_numpy(codes)
+        return _like(self._push(array, levels), device)
+
+    def _push(self, array: NDArray[Any], levels: LevelsLike) -> NDArray[np.float32]:
         if array.ndim == 1:
             array = array[:, None]
         if array.ndim != 2 or array.shape[0] != self.codec.num_levels:
             raise CodecError(f"codes must be [{self.codec.num_levels}, n], got shape {array.shape}")
-        if array.size and (array.min() < 0 or array.max() >= self.codec.codebook_size):
-            raise CodecError(f"tokens must lie in 0-{self.codec.codebook_size - 1}")
+        _check_tokens(array, self.codec.codebook_size)
         if levels is not None:
             self.levels = Levels.parse(levels, self.codec.num_levels)
         if array.shape[1] == 0:

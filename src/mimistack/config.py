@@ -11,6 +11,8 @@ import json
 import math
 from typing import Any, Literal
 
+from .errors import MimistackError
+
 SAMPLE_RATE = 24_000
 """Mimi works on 24 kHz mono audio."""
 FRAME_RATE = 12.5
@@ -23,7 +25,7 @@ CODEBOOK_SIZE = 2048
 """Entries per codebook; tokens are 0..2047 (11 bits)."""
 
 
-class ConfigError(ValueError):
+class ConfigError(MimistackError, ValueError):
     """A configuration that cannot describe a Mimi model."""
 
 
@@ -94,6 +96,10 @@ class MimiConfig:
         """Token frames per second."""
         return self.sample_rate / self.frame_size
 
+    def num_frames(self, num_samples: int) -> int:
+        """Token frames that cover `num_samples` samples: the last partial frame counts (it is zero-padded)."""
+        return -(-int(num_samples) // self.frame_size)
+
     @property
     def encoder_channels(self) -> int:
         """Channels at the bottom of the SEANet encoder (before the final conv to `dimension`)."""
@@ -119,9 +125,12 @@ class MimiConfig:
 
     @classmethod
     def tiny(cls) -> MimiConfig:
-        """A miniature with the official structure (1920-sample frames, split quantizer) for fast tests."""
+        """A miniature with the official structure (1920-sample frames, split quantizer) for fast tests.
+
+        Its attention context is 8 steps (0.32 s, 4 frames) instead of 250 (10 s), so that tests which cross the
+        cache boundary (ring wrap-around, window eviction) need a fraction of a second of audio."""
         return cls(n_filters=4, dimension=32, num_heads=2, num_layers=2, dim_feedforward=64,
-                   codebook_size=64, codebook_dim=16, context=250)
+                   codebook_size=64, codebook_dim=16, context=8)
 
     @classmethod
     def named(cls, name: Literal["official", "tiny"] | str) -> MimiConfig:

@@ -21,11 +21,12 @@ from typing import Union
 import numpy as np
 
 from .config import NUM_LEVELS
+from .errors import MimistackError
 
 LevelsLike = Union["Levels", str, int, Iterable[int], None]
 
 
-class LevelsError(ValueError):
+class LevelsError(MimistackError, ValueError):
     """A level specification that cannot be parsed or is out of range."""
 
 

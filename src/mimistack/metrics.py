@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from mimistack.config import FRAME_SIZE, SAMPLE_RATE
+from .config import FRAME_SIZE, SAMPLE_RATE
+from .errors import MimistackError
 
 __all__ = [
     "ALL_METRICS",
@@ -94,7 +95,7 @@ _STFT_SIZES = (512, 1024, 2048)
 _MAGNITUDE_FLOOR = 1e-5
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(MimistackError, ImportError):
     """An optional package that a metric needs is not installed; the message says how to install it."""
 
 

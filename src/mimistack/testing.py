@@ -18,7 +18,8 @@ from typing import Literal
 import numpy as np
 
 from .config import MimiConfig
-from .weights import CONFIG_METADATA_KEY, Layout, to_transformers_layout
+from ._files import atomic_path
+from .weights import CONFIG_METADATA_KEY, NOTE_METADATA_KEY, RANDOM_NOTE, Layout, to_transformers_layout
 
 
 def synthetic_signal(seconds: float, sample_rate: int = 24_000, seed: int = 0) -> np.ndarray:
@@ -108,15 +109,11 @@ def write_random_checkpoint(path: str | os.PathLike[str], config: Literal["offic
         tensors = to_transformers_layout(tensors, cfg)
     elif layout != "kyutai":
         raise ValueError(f"layout must be 'kyutai' or 'transformers', got {layout!r}")
-    metadata = {"format": "pt", "mimistack_note": f"random weights (seed {seed}), not a trained model"}
+    metadata = {"format": "pt", NOTE_METADATA_KEY: f"{RANDOM_NOTE} (seed {seed}), not a trained model"}
     if not cfg.is_official:
         metadata[CONFIG_METADATA_KEY] = json.dumps(cfg.to_dict())
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(target, force=True) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

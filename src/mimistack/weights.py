@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from .config import MimiConfig
+from .errors import MimistackError
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,13 @@ Layout = Literal["kyutai", "transformers"]
 DEFAULT_REPO = "kyutai/mimi"
 HUB_FILENAMES = ("model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors")
 CONFIG_METADATA_KEY = "mimistack_config"
+NOTE_METADATA_KEY = "mimistack_note"
+RANDOM_NOTE = "random weights"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"}
 _HUB_ID = re.compile(r"^(?:hf://)?([A-Za-z0-9][\w.-]*/[\w.-]+)(?:/(.+\.safetensors))?(?:@([\w./-]+))?$")
 
 
-class WeightsError(ValueError):
+class WeightsError(MimistackError, ValueError):
     """Weights that cannot be found, read or matched to the model."""
 
 
@@ -56,6 +59,33 @@ class LoadedWeights:
     sha256: str
     path: Path
     source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsRef:
+    """A checkpoint resolved once: what the user asked for (`source`), the file (`path`), its `sha256` (the
+    provenance every token grid, export and corpus row carries), its `config`, and whether it holds random test
+    weights (`is_random`, from the note `write_random_checkpoint` leaves in the file's metadata). Reading the
+    tensors is a separate step (`load_weights(ref)`); this only reads the file's header and hashes it."""
+
+    source: str
+    path: Path
+    sha256: str
+    config: MimiConfig
+    is_random: bool
+    revision: str | None = None
+
+    @classmethod
+    def resolve(cls, source: str | os.PathLike[str] | WeightsRef, revision: str | None = None) -> WeightsRef:
+        if isinstance(source, WeightsRef):
+            return source
+        path = resolve_weights(source, revision)
+        _refuse_pickle(path)
+        metadata = read_metadata(path)
+        config = MimiConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])) if CONFIG_METADATA_KEY in metadata \
+            else MimiConfig.official()
+        return cls(source=os.fspath(source), path=path, sha256=file_sha256(path), config=config,
+                   is_random=RANDOM_NOTE in metadata.get(NOTE_METADATA_KEY, ""), revision=revision)
 
 
 # -- finding the file ---------------------------------------------------------------------------------------
@@ -81,32 +111,65 @@ def resolve_weights(source: str | os.PathLike[str], revision: str | None = None)
 
 def _download(repo: str, filename: str | None, revision: str | None) -> Path:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
     except ImportError as error:  # pragma: no cover - a core dependency
         raise WeightsError("huggingface_hub is needed for hub ids: pip install huggingface_hub") from error
     names = (filename,) if filename else HUB_FILENAMES
+    for name in names:  # the cache first: no network at all when the weights are already here
+        try:
+            found = Path(hf_hub_download(repo, name, revision=revision, local_files_only=True))
+        except Exception:  # noqa: S112 - not cached under this name; another name or the hub may have it
+            continue
+        logger.info("weights %s/%s%s from the local cache", repo, name, f"@{revision}" if revision else "")
+        return found
+    if _offline():
+        raise _not_available(repo, filename, revision, "HF_HUB_OFFLINE is set", constants.HF_HUB_CACHE)
+    unreachable = _hub_unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise _not_available(repo, filename, revision, unreachable, constants.HF_HUB_CACHE)
     errors: list[str] = []
-    for local_only in (True, False):
-        if not local_only and _offline():
-            break
-        for name in names:
-            try:
-                found = Path(hf_hub_download(repo, name, revision=revision, local_files_only=local_only))
-                logger.info("weights %s/%s%s from %s", repo, name, f"@{revision}" if revision else "",
-                            "the local cache" if local_only else "the hub")
-                return found
-            except Exception as error:
-                errors.append(f"{name} ({'cache' if local_only else 'hub'}): {type(error).__name__}")
-                if not local_only and not _is_missing_file(error):
-                    break  # the hub is unreachable: trying other file names would only wait again
+    for name in names:  # the network is there: huggingface_hub's own retries and messages apply
+        try:
+            found = Path(hf_hub_download(repo, name, revision=revision))
+            logger.info("weights %s/%s%s from the hub", repo, name, f"@{revision}" if revision else "")
+            return found
+        except Exception as error:
+            errors.append(f"{name}: {type(error).__name__}: {error}")
+            if not _is_missing_file(error):
+                break  # the hub refused or failed: trying other file names would only wait again
+    raise _not_available(repo, filename, revision, "; ".join(errors), constants.HF_HUB_CACHE)
+
+
+def _not_available(repo: str, filename: str | None, revision: str | None, reason: str, cache: str) -> WeightsError:
     wanted = filename or HUB_FILENAMES[0]
-    raise WeightsError(
-        f"could not get weights {repo!r}{f' at revision {revision}' if revision else ''}: not in the local "
-        f"Hugging Face cache and not downloadable here (offline? {'; '.join(errors[-2:])}).\n"
-        f"On a machine with network access run:\n"
-        f"    huggingface-cli download {repo} {wanted}\n"
-        f"then copy the cache folder (~/.cache/huggingface/hub, or $HF_HOME/hub) to this machine, "
-        f"or pass the file itself: --weights /path/to/{wanted}")
+    at = f" --revision {revision}" if revision else ""
+    return WeightsError(
+        f"the weights {repo!r}{f' at revision {revision}' if revision else ''} are not in the Hugging Face cache "
+        f"({cache}) and cannot be downloaded here ({reason}).\n"
+        f"  - on a machine with network access run:  hf download {repo} {wanted}{at}\n"
+        f"    then copy its cache folder to {cache} on this machine (or set HF_HOME), or pass the file itself: "
+        f"--weights /path/to/{wanted}\n"
+        f"  - to try the pipeline without the real weights: --weights random (meaningless audio)")
+
+
+def _hub_unreachable(endpoint: str, timeout: float = 1.5) -> str:
+    """Why the hub at `endpoint` cannot be reached within `timeout` seconds ("" when a TCP connection opens).
+
+    Asked before any download, so that a machine without network fails in a second or two with one message,
+    instead of after huggingface_hub's retries. A configured HTTPS proxy is probed instead of the hub itself."""
+    import socket
+    import urllib.parse
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urllib.parse.urlsplit(proxy if proxy and "://" in proxy else endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return ""
+    except OSError as error:
+        what = "the proxy" if proxy else url.netloc
+        return f"no connection to {what}: {error.strerror or type(error).__name__}"
 
 
 def _is_missing_file(error: Exception) -> bool:
@@ -137,6 +200,17 @@ def _refuse_pickle(path: Path) -> None:
             "arbitrary code. Use the safetensors file (kyutai/mimi ships model.safetensors), or convert it on a "
             "trusted machine: `from safetensors.torch import save_file; save_file(torch.load(p)['model'], "
             "'mimi.safetensors')`.")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, without reading its tensors."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as error:
+        raise WeightsError(f"{path} is not a readable safetensors file: {error}") from error
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -346,19 +420,18 @@ def infer_config(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Mi
     return MimiConfig.official()
 
 
-def load_weights(source: str | os.PathLike[str], *, revision: str | None = None,
+def load_weights(source: str | os.PathLike[str] | WeightsRef, *, revision: str | None = None,
                  config: MimiConfig | None = None) -> LoadedWeights:
-    """Find, read, convert to the kyutai layout and check a checkpoint."""
-    path = resolve_weights(source, revision)
-    raw, metadata = read_safetensors(path)
+    """Find (unless `source` is already a `WeightsRef`), read, convert to the kyutai layout and check a checkpoint."""
+    ref = WeightsRef.resolve(source, revision)
+    raw, metadata = read_safetensors(ref.path)
     layout = detect_layout(raw)
     config = config or infer_config(raw, metadata)
     tensors = raw if layout == "kyutai" else from_transformers_layout(raw, config)
-    check_tensors(tensors, config, path)
-    sha256 = file_sha256(path)
-    logger.info("loaded %s (%s layout, %d tensors, sha256 %s)", path, layout, len(tensors), sha256)
-    return LoadedWeights(tensors=tensors, config=config, layout=layout, sha256=sha256, path=path,
-                         source=os.fspath(source))
+    check_tensors(tensors, config, ref.path)
+    logger.info("loaded %s (%s layout, %d tensors, sha256 %s)", ref.path, layout, len(tensors), ref.sha256)
+    return LoadedWeights(tensors=tensors, config=config, layout=layout, sha256=ref.sha256, path=ref.path,
+                         source=ref.source)
 
 
 def codebook_tables(tensors: dict[str, np.ndarray], config: MimiConfig):  # -> levels.CodebookTables

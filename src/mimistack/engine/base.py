@@ -1,57 +1,99 @@
-"""The engine interface: what a backend (PyTorch, ONNX Runtime, a fake for tests) must provide.
+"""The engine contract: what a backend (PyTorch, ONNX Runtime, the numpy fake) provides to `Codec`.
 
-Sits on `config` and `levels`; implemented by `engine.torch` and `engine.onnx`; driven by `mimistack.codec.Codec`,
-which owns padding, chunking, token grids and streaming sessions, so that engines stay small.
+Sits on `config`, `levels` and `errors`; implemented by `engine.torch`, `engine.onnx` and `engine.fake`; driven by
+`mimistack.codec.Codec`, which owns padding, chunking, token grids and streaming sessions, so that engines stay
+small. `tests/test_engine_contract.py` holds every engine to this contract.
 
 All arrays are numpy. An engine works on whole frames: pcm `[B, 1, N * frame_size]` float32, codes
-`[B, num_levels, N]` int64. State objects are opaque to callers; `None` means "start of the stream".
+`[B, num_levels, N]` int64. State objects are opaque to callers; each call returns the next one and never changes
+the one it was given, so two sessions (or a session and a retry) cannot disturb each other.
+
+Required: `encode`, `decode`, `init_encoder_state`, `init_decoder_state` and the attributes `name`, `config`,
+`weights_sha256`, `tables`. Optional capabilities have defaults here, so `Codec` calls them on every engine without
+probing:
+- the whole-input fast path: `whole_max_frames` (0: none), `encode_whole`, `decode_whole`;
+- `host_buffer(shape)`: a float32 staging buffer the engine can send to its device without another copy.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+import abc
+from typing import Any, Literal, get_args
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..config import MimiConfig
+from ..errors import MimistackError
 from ..levels import CodebookTables, Levels
 
 CacheMode = Literal["window", "moshi"]
-"""How transformer caches behave when a stream is fed in chunks:
+"""How transformer caches behave when a stream is fed in chunks; the same on every engine:
 
 - `"window"`: exactly batch mode's attention window (each step attends to the previous `context` steps), so
   streaming computes the same function as batch (up to float rounding, which depends on chunk sizes).
-- `"moshi"`: Kyutai's ring KV cache, bit-identical to moshi's own streaming; it drops up to one frame's worth of
-  the oldest keys once a stream is longer than the context (250 steps = 10 s), as moshi does.
+- `"moshi"`: Kyutai's ring KV cache of exactly `context` slots, bit-identical to moshi's own streaming; once a
+  stream is longer than the context (250 steps = 10 s), the first step of each frame sees one key fewer than in
+  batch mode, as in moshi. `Codec` feeds "moshi" streams one frame per call, as moshi does.
 """
+CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
+
+EngineState = Any
+"""An engine's opaque stream state (each engine defines its own)."""
 
 
-class EngineError(RuntimeError):
-    """An engine that cannot run the request (missing runtime, wrong device, bad graph)."""
+class EngineError(MimistackError, RuntimeError):
+    """An engine that cannot run the request (missing runtime, wrong device, bad graph, bad arguments)."""
 
 
-@runtime_checkable
-class Engine(Protocol):
+def check_cache_mode(mode: str) -> CacheMode:
+    if mode not in CACHE_MODES:
+        raise EngineError(f"unknown cache mode {mode!r}; expected one of {', '.join(CACHE_MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+class Engine(abc.ABC):
+    """Base class of every engine: the required methods are abstract, the optional capabilities have defaults."""
+
     name: str
     config: MimiConfig
     weights_sha256: str
     tables: CodebookTables
 
-    def encode(self, pcm: np.ndarray, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
-        """pcm `[B, 1, N*frame_size]` -> codes int64 `[B, num_levels, N]` and the next state."""
-        ...
+    whole_max_frames: int = 0
+    """Longest input (in frames) that `encode_whole`/`decode_whole` take; 0 when the engine has no such path."""
 
-    def decode(self, codes: np.ndarray, levels: Levels, state: Any | None,
-               mode: CacheMode) -> tuple[np.ndarray, Any]:
+    @abc.abstractmethod
+    def encode(self, pcm: NDArray[np.float32], state: EngineState | None,
+               mode: CacheMode) -> tuple[NDArray[np.int64], EngineState]:
+        """pcm `[B, 1, N*frame_size]` -> codes int64 `[B, num_levels, N]` and the next state."""
+
+    @abc.abstractmethod
+    def decode(self, codes: NDArray[np.int64], levels: Levels, state: EngineState | None,
+               mode: CacheMode) -> tuple[NDArray[np.float32], EngineState]:
         """codes `[B, num_levels, N]` + levels -> pcm float32 `[B, 1, N*frame_size]` and the next state.
 
         Levels not selected contribute nothing to the latent; their rows of `codes` are ignored.
         """
-        ...
 
-    def init_encoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
-        """The state a stream starts from (None when the engine's batch path serves as the start)."""
-        ...
+    @abc.abstractmethod
+    def init_encoder_state(self, batch_size: int, mode: CacheMode) -> EngineState | None:
+        """The state a stream of `batch_size` rows starts from."""
 
-    def init_decoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
-        ...
+    @abc.abstractmethod
+    def init_decoder_state(self, batch_size: int, mode: CacheMode) -> EngineState | None:
+        """The state a decoding stream of `batch_size` rows starts from."""
+
+    # -- optional capabilities ------------------------------------------------------------------------------
+    def encode_whole(self, pcm: NDArray[np.float32]) -> NDArray[np.int64]:
+        """The whole-input path: pcm `[B, 1, N*frame_size]` with 0 < N <= `whole_max_frames` -> codes, in one
+        call with no state (the same function as `encode` from the initial state, up to the path's precision)."""
+        raise EngineError(f"the {self.name} engine has no whole-input path (whole_max_frames is 0)")
+
+    def decode_whole(self, codes: NDArray[np.int64], levels: Levels) -> NDArray[np.float32]:
+        """The whole-input path for decoding: codes `[B, num_levels, N]`, 0 < N <= `whole_max_frames` -> pcm."""
+        raise EngineError(f"the {self.name} engine has no whole-input path (whole_max_frames is 0)")
+
+    def host_buffer(self, shape: tuple[int, ...]) -> NDArray[np.float32]:
+        """A float32 buffer of `shape` to stage pcm in; valid until the next call. Default: a new numpy array."""
+        return np.empty(shape, dtype=np.float32)

@@ -14,7 +14,7 @@ import numpy as np
 from ..config import MimiConfig
 from ..levels import CodebookTables, Levels
 from ..weights import LoadedWeights, codebook_tables
-from .base import CacheMode, EngineError
+from .base import CacheMode, Engine, EngineError, check_cache_mode
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _import_torch() -> Any:
     return torch
 
 
-class TorchEngine:
+class TorchEngine(Engine):
     """Runs the reference model. `device`: "cpu", "cuda", "cuda:1", ...; `dtype`: "float32" (exact) or
     "bfloat16"/"float16" (fast on GPUs; codes then differ from the fp32 reference on some tokens).
 
@@ -170,13 +170,13 @@ class TorchEngine:
         return staging.to(self.device, non_blocking=True)
 
     def init_encoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
-        if mode == "window":
+        if check_cache_mode(mode) == "window":
             return None  # the batch path starts a stream and hands back a window-mode state
         with self.torch.inference_mode():
             return self.model.init_encoder_state(batch_size)
 
     def init_decoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
-        if mode == "window":
+        if check_cache_mode(mode) == "window":
             return None
         with self.torch.inference_mode():
             return self.model.init_decoder_state(batch_size)

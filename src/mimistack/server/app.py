@@ -44,7 +44,9 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..config import MimiConfig
+from ..errors import MimistackError
 from ..engine.base import EngineError
+from ..engine.options import OnnxOptions, TorchOptions, torch_available
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ _AUDIO_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
 )
 
 
-class ApiError(Exception):
+class ApiError(MimistackError):
     """An error the page shows to the user: an HTTP status and a sentence."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -117,7 +119,7 @@ class ServerSettings:
     onnx_dir: Path | None = None
     """A folder written by `export_onnx`; None exports on first use into the cache."""
     revision: str | None = None
-    engine: str = "torch"
+    engine: str = "auto"
     """Engine of the server-side mode ('torch' or 'onnx')."""
     device: str = "cpu"
     num_threads: int | None = None
@@ -195,15 +197,21 @@ class ModelService:
                 from ..codec import Codec
 
                 started = time.perf_counter()
-                engine = self.settings.engine
-                if engine == "torch" and self.settings.onnx_dir is not None and not _has_torch():
-                    engine = "onnx"  # a torch-free install serving exported graphs: run those on the server too
-                self._codec = Codec.load(self.settings.weights, engine=engine,
-                                         device=self.settings.device, revision=self.settings.revision,
-                                         onnx_dir=self.settings.onnx_dir if engine == "onnx" else None,
-                                         num_threads=self.settings.num_threads)
+                self._codec = Codec.load(self.settings.weights, engine=self._engine_options(),
+                                         revision=self.settings.revision)
                 logger.info("loaded %r in %.1f s", self._codec, time.perf_counter() - started)
             return self._codec
+
+    def _engine_options(self) -> TorchOptions | OnnxOptions:
+        engine = self.settings.engine
+        if engine == "auto":
+            engine = "torch" if torch_available() else "onnx"
+        if engine == "torch" and self.settings.onnx_dir is not None and not torch_available():
+            engine = "onnx"  # a torch-free install serving exported graphs: run those on the server too
+        if engine == "torch":
+            return TorchOptions(device=self.settings.device, num_threads=self.settings.num_threads)
+        return OnnxOptions(onnx_dir=self.settings.onnx_dir, device=self.settings.device,
+                           num_threads=self.settings.num_threads)
 
     def onnx_dir(self) -> Path:
         """The folder of exported graphs: `--onnx DIR`, or exported into the cache on first use."""
@@ -252,15 +260,9 @@ class ModelService:
         return self.codec().config
 
 
-def _has_torch() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("torch") is not None
-
-
 def export_to_cache(weights_path: Path) -> Path:
     """The ONNX folder of `weights_path` in the engine's export cache, exported on first use (needs torch)."""
-    from ..engine.onnx import load_onnx_engine
+    from ..engine.onnx_cache import load_onnx_engine
 
     return load_onnx_engine(weights=weights_path).onnx_dir
 
@@ -302,7 +304,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 # -- server-side encode and decode ------------------------------------------------------------------------------
 def encode_upload(service: ModelService, body: bytes, name: str) -> Any:
     """Audio file bytes -> TokenGrid (all levels), with content and length checks."""
-    from ..audio import AudioError, audio_info, iter_audio
+    from ..audio import AudioError, audio_info
+    from ..codec import AudioTooLongError, CodecError
 
     suffix = sniff_audio(body[:16])
     if suffix is None:
@@ -319,18 +322,13 @@ def encode_upload(service: ModelService, body: bytes, name: str) -> Any:
         if info.duration is not None and info.duration > limit:
             raise ApiError(413, f"the audio is {info.duration:.1f} s long; the server accepts at most {limit:g} s")
         codec = service.codec()
-        chunk_seconds = codec.chunk_frames * codec.frame_size / codec.sample_rate
         with service.model_lock:
-            encoder = codec.stream_encoder()
             try:
-                for chunk in iter_audio(path, chunk_seconds=chunk_seconds, sample_rate=codec.sample_rate):
-                    encoder.push(chunk)
-                    if encoder.samples_received > limit * codec.sample_rate:
-                        raise ApiError(413, f"the audio is longer than the server's limit of {limit:g} s")
-            except AudioError as error:
+                grid = codec.encode_file(path, max_seconds=limit)
+            except AudioTooLongError as error:
+                raise ApiError(413, f"the audio is longer than the server's limit of {limit:g} s") from error
+            except (AudioError, CodecError) as error:
                 raise ApiError(400, f"cannot decode the audio: {error}") from error
-            encoder.flush()
-            grid = encoder.grid()
     if grid.num_samples == 0:
         raise ApiError(400, "the upload holds no audio samples")
     return grid.replace(metadata={"source": name, "mimistack_version": __version__})

@@ -1,7 +1,7 @@
 """`mimistack export-onnx`: write the ONNX graphs of a checkpoint (for `--engine onnx`, the browser and
 transformers.js).
 
-A feature module of the CLI (`cli.FEATURE_MODULES`): `register(sub, command)` adds the subcommand; the work is
+A feature module of the CLI (listed in `cli.main.REGISTRARS`): `register(command)` adds the subcommand; the work is
 `engine.export.export_onnx`, imported only when the command runs so that the CLI itself stays torch-free.
 """
 
@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli import RANDOM_WARNING, CliError
+from .table import Command
+from .common import RANDOM_WARNING, CliError
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -24,11 +25,11 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         raise CliError(f"{target} exists and is not a folder")
     if target.exists() and any(target.iterdir()) and not args.force:
         raise CliError(f"{target} exists and is not empty; pass --force to replace it")
-    from .engine.export import ExportDependencyError, export_onnx
+    from ..engine.export import ExportDependencyError, export_onnx
 
     weights: Any = args.weights
     if weights in ("random", "random-tiny"):
-        from .codec import random_weights_path
+        from ..codec import random_weights_path
 
         print(RANDOM_WARNING, file=sys.stderr)
         weights = random_weights_path(weights)
@@ -62,7 +63,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+def register(command: Command) -> None:
     p = command("export-onnx", cmd_export_onnx,
                 "export ONNX graphs (batch, streaming, level embedding, transformers.js) of a checkpoint",
                 model=False)

@@ -1,6 +1,6 @@
 """`mimistack stream send` and `mimistack stream receive`: progressive token streaming over WebSocket.
 
-A feature module of the CLI (`mimistack.cli` calls `register(sub, command)`); the work is done by
+A feature module of the CLI (`mimistack.cli` calls `register(command)`); the work is done by
 `mimistack.stream` (protocol spec: docs/protocol.md). Uses `cli.load_codec`, `cli.check_input`, `cli.check_output`
 and `audio.AudioWriter`.
 
@@ -20,12 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError, add_model_options, check_input, check_output, load_codec
+from .table import Command
+from .common import CliError, add_model_options, check_input, check_output, load_codec
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 
 
-def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+def register(command: Command) -> None:
     stream = command("stream", _missing_subcommand, "stream tokens over WebSocket, level 0 first plus as many levels "
                      "as the bandwidth allows (docs/protocol.md)", model=False)
     actions = stream.add_subparsers(dest="stream_command", metavar="{send,receive}")
@@ -79,7 +80,7 @@ def _missing_subcommand(args: argparse.Namespace) -> int:
 
 # -- send ---------------------------------------------------------------------------------------------------------
 def cmd_send(args: argparse.Namespace) -> int:
-    from . import stream
+    from .. import stream
 
     if not args.uri.startswith(("ws://", "wss://")):
         raise CliError(f"the receiver must be a ws:// or wss:// address, got {args.uri!r}")
@@ -105,7 +106,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _rate_controller(args: argparse.Namespace) -> Any:
-    from . import stream
+    from .. import stream
 
     try:
         bitrate = None if args.bitrate is None else stream.parse_bitrate(args.bitrate)
@@ -122,7 +123,7 @@ def _rate_controller(args: argparse.Namespace) -> Any:
 
 
 async def _send(args: argparse.Namespace, codec: Any, source: Any, rate: Any) -> Any:
-    from . import stream
+    from .. import stream
 
     if args.mic:
         with contextlib.suppress(NotImplementedError):  # Ctrl-C ends a microphone stream cleanly with END
@@ -138,7 +139,7 @@ async def _send(args: argparse.Namespace, codec: Any, source: Any, rate: Any) ->
 
 # -- receive ------------------------------------------------------------------------------------------------------
 def cmd_receive(args: argparse.Namespace) -> int:
-    from . import stream
+    from .. import stream
 
     host, port = _parse_listen(args.listen)
     try:
@@ -181,8 +182,8 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 
 async def _receive(args: argparse.Namespace, codec: Any, host: str, port: int, target: Path) -> tuple[Any, Any]:
-    from . import stream
-    from .audio import AudioWriter
+    from .. import stream
+    from ..audio import AudioWriter
 
     printer = _Progress(args.quiet)
     writer = AudioWriter(target, codec.sample_rate, force=args.force)

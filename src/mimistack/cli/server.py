@@ -1,6 +1,6 @@
 """`mimistack serve`: the local web app (see and hear the 32-level token stack in the browser).
 
-A feature module of `cli` (registered through `register(sub, command)`); runs `server.app` with uvicorn. Binds
+A feature module of `cli` (registered through `register(command)`); runs `server.app` with uvicorn. Binds
 127.0.0.1 by default; any other address needs `--allow-remote` and prints a warning, because the server then
 answers anyone who can reach this machine.
 """
@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cli import RANDOM_WARNING, CliError
+from .table import Command
+from .common import RANDOM_WARNING, CliError
 
 SERVER_EXTRA_HINT = "the web app needs the server extra: pip install 'mimistack[server]'"
 REMOTE_WARNING = ("WARNING: serving on {host}, not loopback: anyone who can reach this machine on port {port} can "
@@ -21,7 +22,7 @@ REMOTE_WARNING = ("WARNING: serving on {host}, not loopback: anyone who can reac
                   "https:// or localhost pages.")
 
 
-def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+def register(command: Command) -> None:
     p = command("serve", cmd_serve, "serve the local web app: encode, see and hear every level in the browser")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything that is not "
                                                        "loopback also needs --allow-remote)")
@@ -39,7 +40,7 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def check_bind(host: str, allow_remote: bool) -> bool:
     """Refuse a non-loopback address unless allowed; True when the bind is remote (a warning is due)."""
-    from .server.app import is_loopback_host
+    from ..server.app import is_loopback_host
 
     if is_loopback_host(host):
         return False
@@ -51,7 +52,7 @@ def check_bind(host: str, allow_remote: bool) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .server.app import ServerSettings, serve
+        from ..server.app import ServerSettings, serve
     except ModuleNotFoundError as error:
         if error.name in ("fastapi", "uvicorn", "starlette", "multipart"):
             raise CliError(f"{SERVER_EXTRA_HINT} ({error.name} is missing)") from error

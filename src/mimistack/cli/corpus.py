@@ -1,6 +1,6 @@
 """`mimistack tokenize-corpus` and `mimistack corpus-export`: the command-line face of `mimistack.corpus`.
 
-Registered by `mimistack.cli.build_parser` (through `register(sub, command)`); sits on `corpus` (the Ray pipeline,
+Registered by `cli.main` (through `register(command)`); sits on `corpus` (the Ray pipeline,
 reading back, flat export) and uses `cli`'s shared model options and error conventions.
 """
 
@@ -11,13 +11,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli import RANDOM_WARNING, CliError
+from .table import Command
+from .common import RANDOM_WARNING, CliError
 
-CommandFactory = Callable[..., argparse.ArgumentParser]
 
 
 def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
-    from .corpus import tokenize_corpus
+    from ..corpus import tokenize_corpus
 
     if args.weights in ("random", "random-tiny"):
         print(RANDOM_WARNING, file=sys.stderr)
@@ -39,7 +39,7 @@ def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus_export(args: argparse.Namespace) -> int:
-    from .corpus import export_flat
+    from ..corpus import export_flat
 
     if not Path(args.input).is_dir():
         raise CliError(f"corpus folder not found: {args.input}")
@@ -56,7 +56,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def register(sub: argparse._SubParsersAction, command: CommandFactory) -> None:
+def register(command: Command) -> None:
     p = command("tokenize-corpus", cmd_tokenize_corpus,
                 "tokenize an audio collection to Parquet token shards on Ray (resumable; see docs/corpus.md)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",

@@ -1,7 +1,7 @@
 """CLI commands for level surgery and analysis: `swap`, `anonymize`, `keep`, `drop`, `splice`, `sweep`, `stats`,
 `quality`.
 
-Registered by `mimistack.cli.build_parser` through `register(sub, command)`. Sits on `ops` (surgery), `analysis`
+Registered by `cli.main` through `register(command)`. Sits on `ops` (surgery), `analysis`
 (sweeps, statistics, quality tables) and the shared CLI helpers in `cli` (model options, `load_codec`,
 `encode_file`, `decode_to_file`, input and output checks). Inputs may be audio files (encoded with `--weights`) or
 `.mimi` token files; a `.mimi` file made with other weights than the ones given is refused unless `--mix-weights`.
@@ -17,16 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .cli import CliError, check_input, check_output, decode_to_file, encode_file, load_codec
+from .table import Command
+from .common import CliError, check_input, check_output, decode_to_file, encode_file, load_codec
 
 AUDIO_OUTPUTS = (".wav", ".flac")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif")
 
-Command = Callable[..., argparse.ArgumentParser]
 
 
 class _Inputs:
-    """Loads grids from .mimi files or audio (encoding with a codec loaded on first need), checking weights."""
+    """Loads grids from ..mimi files or audio (encoding with a codec loaded on first need), checking weights."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -47,7 +47,7 @@ class _Inputs:
         return self._codec is not None
 
     def grid(self, path: str | Path) -> Any:
-        from .tokens import TokenGrid
+        from ..tokens import TokenGrid
 
         source = check_input(path)
         if source.suffix == ".mimi":
@@ -121,7 +121,7 @@ def _counter(description: str, enabled: bool) -> Iterator[Callable[[int, int, st
 
 # -- surgery ---------------------------------------------------------------------------------------------------
 def cmd_swap(args: argparse.Namespace) -> int:
-    from .ops import swap_levels
+    from ..ops import swap_levels
 
     target = check_output(args.output, args.force)
     audio_output = _is_audio_output(target)
@@ -138,7 +138,7 @@ def cmd_swap(args: argparse.Namespace) -> int:
 
 
 def cmd_anonymize(args: argparse.Namespace) -> int:
-    from .ops import anonymize, level_stats
+    from ..ops import anonymize, level_stats
 
     if args.voice is not None and args.random:
         raise CliError("--voice and --random exclude each other")
@@ -170,8 +170,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
 
 def cmd_keep(args: argparse.Namespace) -> int:
-    from .ops import drop_levels, keep_levels
-    from .tokens import TokenGrid
+    from ..ops import drop_levels, keep_levels
+    from ..tokens import TokenGrid
 
     source = _mimi_input(args.input)
     target = _mimi_output(args.output, args.force)
@@ -184,8 +184,8 @@ def cmd_keep(args: argparse.Namespace) -> int:
 
 
 def cmd_splice(args: argparse.Namespace) -> int:
-    from .ops import splice
-    from .tokens import TokenGrid
+    from ..ops import splice
+    from ..tokens import TokenGrid
 
     sources = [_mimi_input(path) for path in args.inputs]
     target = _mimi_output(args.output, args.force)
@@ -200,16 +200,16 @@ def _metric_names(text: str | None, extra: Sequence[tuple[bool, str]]) -> list[s
     names = None if text is None else [name.strip() for name in text.split(",") if name.strip()]
     added = [name for flag, name in extra if flag]
     if added:
-        from .analysis import DEFAULT_SWEEP_METRICS
+        from ..analysis import DEFAULT_SWEEP_METRICS
 
         names = [*(DEFAULT_SWEEP_METRICS if names is None else names), *added]
     return names
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .analysis import RANDOM_BANNER, sweep
-    from .audio import load_audio
-    from .metrics import MissingDependencyError
+    from ..analysis import RANDOM_BANNER, sweep
+    from ..audio import load_audio
+    from ..metrics import MissingDependencyError
 
     source = check_input(args.input)
     if source.suffix == ".mimi":
@@ -241,7 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .analysis import RANDOM_BANNER, level_stats, weights_are_random, write_stats_report
+    from ..analysis import RANDOM_BANNER, level_stats, weights_are_random, write_stats_report
 
     out_dir = Path(args.output)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
@@ -275,8 +275,8 @@ def _audio_files(paths: Sequence[str], limit: int | None) -> list[Path]:
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from .analysis import RANDOM_BANNER, prefix_quality, quality_markdown, write_quality_report
-    from .metrics import MissingDependencyError
+    from ..analysis import RANDOM_BANNER, prefix_quality, quality_markdown, write_quality_report
+    from ..metrics import MissingDependencyError
 
     if args.limit is not None and args.limit <= 0:
         raise CliError(f"--limit must be positive, got {args.limit}")
@@ -314,9 +314,9 @@ def _add_mix(p: argparse.ArgumentParser) -> None:
                    help="combine tokens from different weights anyway (they index different codebooks)")
 
 
-def register(sub: Any, command: Command) -> None:
+def register(command: Command) -> None:
     """Add the surgery and analysis subcommands to the `mimistack` parser."""
-    from .ops import LENGTH_POLICIES
+    from ..ops import LENGTH_POLICIES
 
     lengths = ("how to fit B to A: loop (default: A's length, B repeated or trimmed), stretch (A's length, B "
                "resampled in time), shortest (trim both), a (A's length, B must be at least as long)")

@@ -1,0 +1,108 @@
+"""ONNX graph surgery with `onnx.helper`: prune, rename, bind stream states to their zeros.
+
+Part of `engine.export` (see its package docstring for the folder it writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..onnx_format import (
+    StateSpec,
+)
+
+
+def _onnx_dtype(onnx: Any, dtype: str) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def _prune(onnx: Any, graph: Any) -> None:
+    """Drop the nodes and initializers that no graph output depends on."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(list(graph.node)):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+            for attribute in node.attribute:
+                for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                    needed.update(_names_used(subgraph))
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    value_info = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+
+
+def _names_used(graph: Any) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(name for name in node.input if name)
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                names |= _names_used(attribute.g)
+            for subgraph in attribute.graphs:
+                names |= _names_used(subgraph)
+    return names
+
+
+def _bind_initial_state(onnx: Any, stream: Any, main_input: str, specs: Sequence[StateSpec]) -> Any:
+    """The batch graph: a stream graph whose state inputs are zeros made in the graph (batch from the main input)
+    and whose state outputs are gone."""
+    helper = onnx.helper
+    model = onnx.ModelProto()
+    model.CopyFrom(stream)
+    graph = model.graph
+    state_inputs = {s.input for s in specs}
+    state_outputs = {s.output for s in specs}
+    inputs = [i for i in graph.input if i.name not in state_inputs]
+    outputs = [o for o in graph.output if o.name not in state_outputs]
+    nodes = [helper.make_node("Shape", [main_input], ["bind/batch"], start=0, end=1, name="bind/batch")]
+    for spec in specs:
+        dtype = _onnx_dtype(onnx, spec.dtype)
+        if spec.shape and spec.shape[0] == "batch":
+            rest = helper.make_tensor(f"bind/{spec.input}/rest", onnx.TensorProto.INT64, [len(spec.shape) - 1],
+                                      [int(d) for d in spec.shape[1:]])
+            nodes.append(helper.make_node("Constant", [], [f"bind/{spec.input}/rest"], value=rest))
+            nodes.append(helper.make_node("Concat", ["bind/batch", f"bind/{spec.input}/rest"],
+                                          [f"bind/{spec.input}/shape"], axis=0))
+            nodes.append(helper.make_node("ConstantOfShape", [f"bind/{spec.input}/shape"], [spec.input],
+                                          value=helper.make_tensor("zero", dtype, [1], [0])))
+        else:
+            shape = [int(d) for d in spec.shape]
+            zeros = helper.make_tensor(f"bind/{spec.input}", dtype, shape, np.zeros(shape, spec.dtype).ravel().tolist())
+            nodes.append(helper.make_node("Constant", [], [spec.input], value=zeros))
+    del graph.input[:]
+    graph.input.extend(inputs)
+    del graph.output[:]
+    graph.output.extend(outputs)
+    body = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + body)
+    _prune(onnx, graph)
+    return model
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    """Rename value `old` to `new` everywhere in `graph` (nodes, inputs, outputs)."""
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def _set_dims(value: Any, dims: Sequence[int | str]) -> None:
+    shape = value.type.tensor_type.shape
+    for dim, wanted in zip(shape.dim, dims):
+        if isinstance(wanted, str):
+            dim.dim_param = wanted
+        else:
+            dim.dim_value = wanted
