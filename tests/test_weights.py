@@ -236,3 +236,21 @@ def test_hub_id_resolves_from_the_offline_cache(tmp_path: Path, monkeypatch: pyt
 def test_missing_local_files(source: str) -> None:
     with pytest.raises(WeightsError, match="not found"):
         resolve_weights(source)
+
+
+def test_bfloat16_checkpoints_are_read_without_torch(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """bf16 weights (numpy has no bfloat16) are widened from the file's own bytes; torch reads them the same."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as save_torch
+
+    from mimistack.weights import read_metadata, read_safetensors
+
+    tensors, metadata = read_safetensors(tiny_checkpoint)
+    path = tmp_path / "bf16.safetensors"
+    save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}, str(path), metadata=metadata)
+    loaded, loaded_metadata = read_safetensors(path)
+    assert loaded_metadata == metadata == read_metadata(path)
+    for name, value in tensors.items():
+        expected = torch.from_numpy(value).to(torch.bfloat16).to(torch.float32).numpy()
+        np.testing.assert_array_equal(loaded[name], expected)
+    assert load_weights(path).config == load_weights(tiny_checkpoint).config

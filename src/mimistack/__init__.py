@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the same names
     from .levels import Levels
     from .tokens import TokenGrid
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 _EXPORTS = {
     "Codec": "mimistack.codec",

@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO, Literal, TextIO, overload
+from typing import IO, Any, BinaryIO, Literal, TextIO, overload
 
 TMP_MARK = ".tmp-"  # temporary names are `.{target.name}.tmp-XXXX`: hidden, and recognisable for clean-up
 _umask_lock = threading.Lock()
@@ -121,7 +121,7 @@ def atomic_write(target: str | os.PathLike[str], *, force: bool = ..., text: Lit
 def atomic_write(target: str | os.PathLike[str], *, force: bool = ..., text: Literal[True]
                  ) -> contextlib.AbstractContextManager[TextIO]: ...
 def atomic_write(target: str | os.PathLike[str], *, force: bool = False, text: bool = False
-                 ) -> contextlib.AbstractContextManager[IO[bytes]] | contextlib.AbstractContextManager[IO[str]]:
+                 ) -> contextlib.AbstractContextManager[Any]:
     """`with atomic_write(path) as handle: handle.write(...)`: the file appears, whole, only on success."""
     return _atomic_write(Path(target), force, text)
 

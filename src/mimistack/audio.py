@@ -231,7 +231,7 @@ def _open(path: Path) -> tuple[_Source, list[str]]:
     order: list[type[_SoundfileSource] | type[_PyAVSource]] = [_SoundfileSource, _PyAVSource]
     if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
         order.reverse()
-    failures = []
+    failures: list[str] = []
     for kind in order:
         try:
             return kind(path), failures
@@ -377,7 +377,7 @@ def _clip(pcm: np.ndarray, subtype: str, path: Path) -> np.ndarray:
     over = np.count_nonzero(np.abs(pcm) > 1.0)
     if over:
         logger.warning("%s: clipping %d sample(s) outside [-1, 1] for %s", path, over, subtype)
-        return np.clip(pcm, -1.0, 1.0)
+        return np.asarray(np.clip(pcm, -1.0, 1.0), dtype=pcm.dtype)
     return pcm
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -61,7 +61,7 @@ def random_weights_path(name: str = "random", seed: int = 0) -> Path:
     """A cached random checkpoint of the official ("random") or tiny ("random-tiny") architecture."""
     from .testing import write_random_checkpoint
 
-    config = "tiny" if name == "random-tiny" else "official"
+    config: Literal["official", "tiny"] = "tiny" if name == "random-tiny" else "official"
     path = cache_dir() / f"random-{config}-seed{seed}.safetensors"
     if not path.exists():
         logger.warning("writing a random %s checkpoint to %s (audio decoded with it is meaningless)", config, path)
@@ -321,7 +321,7 @@ def _as_numpy(value: Any) -> tuple[NDArray[Any], Any]:
     return np.asarray(value), None
 
 
-def _like(array: NDArray[Any], device: Any) -> Any:
+def _like(array: NDArray[Any], device: Any) -> NDArray[Any] | torch.Tensor:
     """`array` as the kind the caller gave: numpy as it is, or a torch tensor on `device`."""
     if device is None:
         return array

@@ -103,7 +103,7 @@ class MimiConfig:
     @property
     def encoder_channels(self) -> int:
         """Channels at the bottom of the SEANet encoder (before the final conv to `dimension`)."""
-        return self.n_filters * 2 ** len(self.ratios)
+        return int(self.n_filters * 2 ** len(self.ratios))
 
     @property
     def num_acoustic(self) -> int:

@@ -143,7 +143,7 @@ def format_levels(indices: Iterable[int]) -> str:
         return "none"
     parts: list[str] = []
     start = prev = items[0]
-    for i in [*items[1:], None]:  # type: ignore[list-item]
+    for i in [*items[1:], None]:
         if i is not None and i == prev + 1:
             prev = i
             continue

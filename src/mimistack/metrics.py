@@ -154,7 +154,8 @@ def _resample(pcm: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray
         return pcm.astype(np.float32)
     import soxr
 
-    return soxr.resample(pcm.astype(np.float32), sample_rate, target_rate, quality="HQ").astype(np.float32)
+    resampled: np.ndarray = soxr.resample(pcm.astype(np.float32), sample_rate, target_rate, quality="HQ")
+    return resampled.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     rising = (fft_frequencies - lower) / (centre - lower)
     falling = (upper - fft_frequencies) / (upper - centre)
     filters = np.maximum(0.0, np.minimum(rising, falling))
-    return filters * (2.0 / (upper - lower))
+    return np.asarray(filters * (2.0 / (upper - lower)))
 
 
 def mel_distance(
@@ -424,7 +425,7 @@ def _speaker_embedding(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
     if wav.size == 0:
         raise ValueError("no speech left after silence trimming: cannot embed the speaker")
     with _encoder_lock, _single_torch_thread():
-        return encoder.embed_utterance(wav)
+        return np.asarray(encoder.embed_utterance(wav))
 
 
 def speaker_similarity(a: np.ndarray, b: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from .config import MimiConfig
 from ._files import atomic_path
+from .config import MimiConfig
 from .weights import CONFIG_METADATA_KEY, NOTE_METADATA_KEY, RANDOM_NOTE, Layout, to_transformers_layout
 
 
@@ -60,7 +60,7 @@ def random_state_dict(config: MimiConfig, seed: int = 0) -> dict[str, np.ndarray
 SPREAD = 0.3
 
 
-def _fit_codebooks(model, config: MimiConfig, generator, seed: int) -> None:
+def _fit_codebooks(model: Any, config: MimiConfig, generator: Any, seed: int) -> None:
     import torch
 
     frames_wanted = 512

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from .config import MimiConfig
+from .levels import CodebookTables
 from .errors import MimistackError
 
 logger = logging.getLogger(__name__)
@@ -230,23 +231,33 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
         raise
     except Exception as error:
         if "bf16" in str(error).lower() or "bfloat16" in str(error).lower():
-            return _read_with_torch(path)
+            return _read_raw(path)
         raise WeightsError(f"{path} is not a readable safetensors file: {error}") from error
     return tensors, metadata
 
 
-def _read_with_torch(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    try:
-        import torch
-        from safetensors import safe_open
-    except ImportError as error:
-        raise WeightsError(f"{path} holds bfloat16 tensors, which need torch to read: pip install "
-                           "'mimistack[torch]'") from error
+_RAW_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
+
+
+def _read_raw(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read a safetensors file by its published layout (8-byte little-endian header length, JSON header, data),
+    for dtypes numpy cannot name: bfloat16 is the top half of a float32, so it is widened by a 16-bit shift.
+    No torch needed."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        data = handle.read()
+    metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
     tensors: dict[str, np.ndarray] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        for key in handle.keys():
-            tensors[key] = handle.get_tensor(key).to(torch.float32).numpy()
+    for name, entry in header.items():
+        kind = _RAW_DTYPES.get(entry["dtype"])
+        if kind is None:
+            raise WeightsError(f"{path}: tensor {name} has dtype {entry['dtype']}, which mimistack does not read")
+        start, stop = entry["data_offsets"]
+        raw = np.frombuffer(data[start:stop], dtype=np.dtype(kind))
+        if entry["dtype"] == "BF16":
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = raw.astype(np.float32).reshape(entry["shape"])
     return tensors, metadata
 
 
@@ -434,9 +445,8 @@ def load_weights(source: str | os.PathLike[str] | WeightsRef, *, revision: str |
                          source=ref.source)
 
 
-def codebook_tables(tensors: dict[str, np.ndarray], config: MimiConfig):  # -> levels.CodebookTables
+def codebook_tables(tensors: dict[str, np.ndarray], config: MimiConfig) -> CodebookTables:
     """The quantizer's numpy tables (centroids = embedding_sum / clamp(cluster_usage, eps))."""
-    from .levels import CodebookTables
 
     def books(branch: str, count: int) -> np.ndarray:
         out = []

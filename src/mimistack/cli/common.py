@@ -132,7 +132,7 @@ class Progress:
 
 def encode_file(codec: Codec, source: Path, show_progress: bool = True) -> TokenGrid:
     """`Codec.encode_file` with a progress bar and the source's name in the grid's metadata."""
-    from .. import __version__
+    from .._version import __version__
     from ..audio import audio_info
 
     with Progress(f"encoding {source.name}", audio_info(source).duration, show_progress) as bar:

@@ -2,8 +2,8 @@
 
 Top layer of the package: imports every `cli/` command module (each imports its library modules lazily, inside
 its handlers, so that `mimistack --help` stays fast and needs none of the optional extras). Errors go to stderr:
-exit status 2 for bad input (`CliError`, `MimistackError`, missing/existing files, `ValueError`), 1 for a failure,
-130 when interrupted.
+exit status 2 for bad input (`CliError`, missing or existing files, and the library's input errors, which are all
+`ValueError`s), 1 for a failure (an engine or export that cannot run, anything unexpected), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .. import __version__
-from ..errors import MimistackError
+from .._version import __version__
 from . import core, corpus, onnx, ops, server, stream
 from .common import CliError, add_model_options
 from .table import Handler
@@ -55,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CliError, MimistackError, FileExistsError, FileNotFoundError, ValueError) as error:
+    except (CliError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"mimistack {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:

@@ -47,9 +47,9 @@ class EngineError(MimistackError, RuntimeError):
 
 
 def check_cache_mode(mode: str) -> CacheMode:
-    if mode not in CACHE_MODES:
-        raise EngineError(f"unknown cache mode {mode!r}; expected one of {', '.join(CACHE_MODES)}")
-    return mode  # type: ignore[return-value]
+    if mode in CACHE_MODES:
+        return mode
+    raise EngineError(f"unknown cache mode {mode!r}; expected one of {', '.join(CACHE_MODES)}")
 
 
 class Engine(abc.ABC):

@@ -52,7 +52,7 @@ class FakeEngine(Engine):
             return (rng.standard_normal((count, size, book_dim)) * 0.5).astype(np.float32)
 
         def proj(rows: int, cols: int) -> NDArray[np.float32]:
-            return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+            return (rng.standard_normal((rows, cols)) / float(np.sqrt(cols))).astype(np.float32)
 
         self.tables = CodebookTables(
             semantic_codebooks=books(config.num_semantic), acoustic_codebooks=books(config.num_acoustic),

@@ -126,7 +126,8 @@ class TorchEngine(Engine):
         with torch.inference_mode():
             x = self._upload(np.ascontiguousarray(pcm, dtype=np.float32))
             with self._precision(), _cudnn_benchmark(torch, self.device.type == "cuda"):
-                return self.fast.encode(x).cpu().numpy()
+                codes: np.ndarray = self.fast.encode(x).cpu().numpy()
+                return codes
 
     def decode_whole(self, codes: np.ndarray, levels: Levels) -> np.ndarray:
         """The fast path (fast=True only): codes `[B, num_levels, N]` -> pcm float32 `[B, 1, N*frame_size]`."""
@@ -138,13 +139,15 @@ class TorchEngine(Engine):
             with self._precision(), _cudnn_benchmark(torch, self.device.type == "cuda"):
                 pcm = self.fast.decode(c, list(levels))
             if self.device.type != "cuda":
-                return pcm.numpy()
+                out: np.ndarray = pcm.numpy()
+                return out
             # Page-locked destination (PyTorch's caching host allocator reuses it once the array is freed): the
             # copy runs at full PCIe speed and the returned array is a view of it, not another copy.
             host = torch.empty(pcm.shape, dtype=pcm.dtype, pin_memory=True)
             host.copy_(pcm, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
-            return host.numpy()
+            pinned: np.ndarray = host.numpy()
+            return pinned
 
     def host_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """A float32 array for the next `encode_whole` input: page-locked memory (from PyTorch's caching host
@@ -153,7 +156,8 @@ class TorchEngine(Engine):
         if self.fast is None or self.device.type != "cuda":
             return np.empty(shape, dtype=np.float32)
         self._lent = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        return self._lent.numpy()
+        lent: np.ndarray = self._lent.numpy()
+        return lent
 
     def _upload(self, array: np.ndarray) -> Any:
         """numpy -> device tensor; on CUDA through a page-locked staging buffer (a multi-threaded host copy, then

@@ -42,7 +42,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
+from .._version import __version__
 from ..config import MimiConfig
 from ..errors import MimistackError
 from ..engine.base import EngineError
@@ -257,7 +257,8 @@ class ModelService:
             data = self.manifest().get("config")
             if isinstance(data, dict):
                 return MimiConfig.from_dict(data)
-        return self.codec().config
+        config: MimiConfig = self.codec().config
+        return config
 
 
 def export_to_cache(weights_path: Path) -> Path:

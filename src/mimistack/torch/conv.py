@@ -147,7 +147,8 @@ class ConvDownsample1d(nn.Module):
         return self.conv.init_state(batch_size, device, dtype)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self.conv(x, state)
+        out: tuple[Tensor, State] = self.conv(x, state)
+        return out
 
 
 class ConvTrUpsample1d(nn.Module):
@@ -162,4 +163,5 @@ class ConvTrUpsample1d(nn.Module):
         return self.convtr.init_state(batch_size, device, dtype)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self.convtr(x, state)
+        out: tuple[Tensor, State] = self.convtr(x, state)
+        return out

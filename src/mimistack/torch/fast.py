@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,8 @@ class ChannelsLastSeanet(nn.Module):
             if isinstance(layer, nn.ELU):
                 self.ops.append(("elu", layer.alpha))
             elif isinstance(layer, ResnetBlock):
-                self.ops.append(("res", self._conv(layer.block[1]), self._conv(layer.block[3]),
+                self.ops.append(("res", self._conv(cast(StreamingConv1d, layer.block[1])),
+                                 self._conv(cast(StreamingConv1d, layer.block[3])),
                                  layer.block[0].alpha, layer.block[2].alpha))
             elif isinstance(layer, StreamingConv1d):
                 self.ops.append(self._conv(layer))
@@ -157,12 +158,12 @@ class FastMimi(nn.Module):
         x = self.encoder(pcm.to(self.dtype))
         x, _ = self.encoder_transformer(x, None, "window")
         x, _ = self.downsample(x)
-        return x.float()
+        return cast(Tensor, x).float()
 
     def _decode_stack(self, latent: Tensor) -> Tensor:
         x, _ = self.upsample(latent.to(self.dtype))
         x, _ = self.decoder_transformer(x, None, "window")
-        return self.decoder(x).float()
+        return cast(Tensor, self.decoder(x)).float()
 
     def encode(self, pcm: Tensor) -> Tensor:
         """pcm `[B, 1, N*frame_size]` -> codes int64 `[B, num_levels, N]`."""

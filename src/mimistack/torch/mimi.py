@@ -11,6 +11,9 @@ streaming is the same code as batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -104,7 +107,7 @@ class MimiModel(nn.Module):
                mode: str = "window") -> tuple[Tensor, State]:
         return self.decode_latent(self.latent_from_codes(codes, levels), state, mode)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.quantizer.refresh()
         return result

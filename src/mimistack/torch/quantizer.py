@@ -11,6 +11,8 @@ near-ties resolve identically.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,7 +43,8 @@ class Codebook(nn.Module):
     @property
     def embedding(self) -> Tensor:
         """Centroids `[size, dim]`."""
-        return self.embedding_sum / self.cluster_usage.clamp(min=self.epsilon)[:, None]
+        usage = cast(Tensor, self.cluster_usage)
+        return cast(Tensor, self.embedding_sum) / usage.clamp(min=self.epsilon)[:, None]
 
 
 class _Layer(nn.Module):
@@ -70,7 +73,7 @@ class ResidualVectorQuantizer(nn.Module):
     def embeddings(self) -> list[Tensor]:
         """Centroid tables, computed once per weights (call `refresh()` after loading new weights)."""
         if self._embeddings is None:
-            self._embeddings = [layer._codebook.embedding for layer in self.vq.layers]  # type: ignore[union-attr]
+            self._embeddings = [cast(Tensor, cast(Any, layer)._codebook.embedding) for layer in self.vq.layers]
         return self._embeddings
 
     def augmented(self) -> list[Tensor]:
@@ -112,7 +115,8 @@ class ResidualVectorQuantizer(nn.Module):
         for level in levels:
             term = F.embedding(codes[:, level], embeddings[level]).transpose(1, 2)
             quantized = term if quantized is None else quantized + term
-        return self.output_proj(quantized)
+        out: Tensor = self.output_proj(quantized)
+        return out
 
 
 class SplitResidualVectorQuantizer(nn.Module):

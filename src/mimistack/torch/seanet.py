@@ -6,6 +6,8 @@ that keys read `encoder.model.3.conv.conv.weight` as in Kyutai's checkpoint.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,7 +30,8 @@ class ResnetBlock(nn.Module):
         ])
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        return self.block[1].init_state(batch_size, device, dtype)  # type: ignore[operator]
+        state: State = cast(Any, self.block[1]).init_state(batch_size, device, dtype)
+        return state
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         y, new_state = self.block[1](F.elu(x), state)
@@ -44,7 +47,7 @@ def _run(layers: nn.ModuleList, x: Tensor, state: State | None) -> tuple[Tensor,
         if isinstance(layer, nn.ELU):
             x = F.elu(x)
             continue
-        size = layer.state_size  # type: ignore[union-attr]
+        size = int(cast(int, layer.state_size))
         if size == 0:
             x, _ = layer(x)
             continue

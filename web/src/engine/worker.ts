@@ -56,6 +56,23 @@ scope.onmessage = (event) => {
   queue = queue.then(() => handle(id, request));
 };
 
+/** The export folder's manifest, checked against docs/onnx.md: format, version and the sizes the page needs. */
+const ONNX_FORMAT = 'mimistack-onnx';
+const ONNX_FORMAT_VERSION = 1;
+function checkManifest(raw: Record<string, unknown>): Record<string, unknown> {
+  if (raw.format !== ONNX_FORMAT) {
+    throw new Error(`manifest.json is not a mimistack ONNX export (format ${JSON.stringify(raw.format)})`);
+  }
+  if (raw.format_version !== ONNX_FORMAT_VERSION) {
+    throw new Error(`this page reads ONNX export format version ${ONNX_FORMAT_VERSION}, the manifest says ` +
+      `${JSON.stringify(raw.format_version)}: re-export with this mimistack version`);
+  }
+  const missing = ['config', 'sample_rate', 'frame_size', 'num_levels', 'codebook_size', 'weights_sha256', 'files']
+    .filter((key) => raw[key] === undefined);
+  if (missing.length) throw new Error(`manifest.json lacks ${missing.join(', ')}; re-export the model`);
+  return raw;
+}
+
 async function handle(id: number, request: Request): Promise<void> {
   const progress = (value: Progress) => scope.postMessage({ id, progress: value });
   try {
@@ -140,8 +157,8 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
   ort.env.wasm.proxy = false;
   ort.env.logLevel = 'error';
 
-  const manifest = await fetchJson(`${options.modelBase}manifest.json`);
-  const config = (manifest.config ?? {}) as Record<string, unknown>;
+  const manifest = checkManifest(await fetchJson(`${options.modelBase}manifest.json`));
+  const config = manifest.config as Record<string, unknown>;
   const streams = (manifest.streams ?? {}) as Record<string, StreamSpec>;
   const stateful = options.streaming && !!streams.encoder_stream && !!streams.decoder_stream;
   const variant = options.variant ?? 'fp32';
@@ -179,16 +196,15 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
   const encoder = await graph(files[0], 'pcm', 'codes', stateful ? streams.encoder_stream : undefined);
   const decoder = await graph(files[1], 'latent', 'pcm', stateful ? streams.decoder_stream : undefined);
   const embed = await open('embed.onnx');
-  const ratios = (config.ratios as number[] | undefined) ?? [8, 6, 5, 4];
-  const frameSize = Number(manifest.frame_size ?? ratios.reduce((a, b) => a * b, 1) * Number(config.downsample_stride ?? 2));
-  const sampleRate = Number(manifest.sample_rate ?? config.sample_rate ?? 24000);
+  const frameSize = Number(manifest.frame_size);
+  const sampleRate = Number(manifest.sample_rate);
   const description: ModelDescription = {
     sampleRate,
     frameRate: sampleRate / frameSize,
     frameSize,
-    numLevels: Number(config.num_levels ?? 32),
-    codebookSize: Number(config.codebook_size ?? 2048),
-    weightsSha256: String(manifest.weights_sha256 ?? ''),
+    numLevels: Number(manifest.num_levels),
+    codebookSize: Number(manifest.codebook_size),
+    weightsSha256: String(manifest.weights_sha256),
     executionProvider: useWebgpu ? 'webgpu' : 'wasm',
     numThreads: useWebgpu ? 1 : ort.env.wasm.numThreads ?? options.numThreads,
     streaming: stateful,

@@ -16,7 +16,7 @@ from ..onnx_format import (
 
 
 def _onnx_dtype(onnx: Any, dtype: str) -> int:
-    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
 
 
 def _prune(onnx: Any, graph: Any) -> None:

@@ -19,7 +19,7 @@ from ...weights import LoadedWeights
 from ..onnx_format import (
     StateSpec,
 )
-from .common import ExportDependencyError
+from .common import ExportDependencyError, ExportError
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ def _export_stream(model: Any, direction: str, mode: str, opset: int) -> tuple[A
             wrapper, (main, *example_state), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
             input_names=[main_name, *(s.input for s in specs)], output_names=[out_name, *(s.output for s in specs)],
             optimize=True, verbose=False, external_data=False)
+    if program is None:
+        raise ExportError(f"torch.onnx.export returned no program for the {direction} stream graph")
     return program.model_proto, specs
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
+from ..._version import __version__
 from ...config import MimiConfig
 from ...levels import CodebookTables
 from .embed import _embed_nodes

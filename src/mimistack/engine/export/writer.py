@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
+from ..._version import __version__
 from ..._files import publish_dir, staging_dir
 from ...weights import LoadedWeights, codebook_tables, load_weights
 from ..onnx_format import (
