@@ -16,15 +16,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile
 import soxr
+from numpy.typing import ArrayLike, NDArray
 
-from .errors import MimistackError
 from ._files import commit, discard, open_temporary, refuse_overwrite
 from .config import SAMPLE_RATE
+from .errors import MimistackError
 
 __all__ = [
     "AudioError",
@@ -72,7 +73,7 @@ class AudioInfo:
 
 
 # -- validation -------------------------------------------------------------------------------------------------
-def validate_pcm(pcm: Any) -> np.ndarray:
+def validate_pcm(pcm: ArrayLike) -> NDArray[np.float32]:
     """Check mono audio and return it as contiguous float32 `[N]`.
 
     Accepts floating-point `[N]` (or `[1, N]`, `[1, 1, N]`: leading singleton axes are dropped, as engines return
@@ -410,7 +411,7 @@ class AudioWriter:
             raise
         self.closed = False
 
-    def write(self, pcm: Any) -> None:
+    def write(self, pcm: ArrayLike) -> None:
         """Append float samples `[n]` (an empty chunk is allowed and ignored)."""
         if self.closed:
             raise AudioError(f"{self.path}: the writer is closed")
@@ -458,7 +459,7 @@ class AudioWriter:
             self.abort()
 
 
-def save_audio(path: str | os.PathLike[str], pcm: Any, sample_rate: int = SAMPLE_RATE, *, force: bool = False,
+def save_audio(path: str | os.PathLike[str], pcm: ArrayLike, sample_rate: int = SAMPLE_RATE, *, force: bool = False,
                subtype: str | None = None) -> Path:
     """Write mono `pcm [N]` as .wav or .flac (by suffix), 16-bit PCM unless `subtype` says otherwise (e.g. 'FLOAT'
     for WAV). Atomic; refuses to overwrite an existing file unless `force`."""

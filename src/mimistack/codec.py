@@ -26,9 +26,9 @@ from numpy.typing import NDArray
 from ._files import cache_dir
 from .audio import resample, validate_pcm
 from .config import MimiConfig
-from .errors import MimistackError
 from .engine.base import CacheMode, Engine
 from .engine.options import EngineName, EngineOptions, OnnxOptions, TorchOptions, resolve_options
+from .errors import MimistackError
 from .levels import Levels, LevelsLike
 from .tokens import TokenGrid, TokenGridError
 from .weights import WeightsRef

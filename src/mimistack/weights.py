@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 
 from .config import MimiConfig
-from .levels import CodebookTables
 from .errors import MimistackError
+from .levels import CodebookTables
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _download(repo: str, filename: str | None, revision: str | None) -> Path:
     for name in names:  # the cache first: no network at all when the weights are already here
         try:
             found = Path(hf_hub_download(repo, name, revision=revision, local_files_only=True))
-        except Exception:  # noqa: S112 - not cached under this name; another name or the hub may have it
+        except Exception:
             continue
         logger.info("weights %s/%s%s from the local cache", repo, name, f"@{revision}" if revision else "")
         return found

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from .table import Command
 from .common import RANDOM_WARNING, CliError
-
+from .table import Command
 
 
 def cmd_tokenize_corpus(args: argparse.Namespace) -> int:

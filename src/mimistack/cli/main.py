@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The `mimistack` program: like `main`, plus one ONNX Runtime thread pool for the whole process (a process we
-    own, so no foreign ONNX Runtime session can be refused for it; see `engine.ort_session.prefer_shared_thread_pool`)."""
+    own, so no foreign ONNX Runtime session can be refused for it; see
+    `engine.ort_session.prefer_shared_thread_pool`)."""
     from ..engine.ort_session import prefer_shared_thread_pool
 
     prefer_shared_thread_pool()

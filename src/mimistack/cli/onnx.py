@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .table import Command
 from .common import RANDOM_WARNING, CliError
+from .table import Command
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:

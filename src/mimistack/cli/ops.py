@@ -15,10 +15,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .table import Command
 from .common import CliError, check_input, check_output, decode_to_file, encode_file, load_codec
+from .table import Command
+
+if TYPE_CHECKING:
+    from ..codec import Codec
+    from ..tokens import TokenGrid
 
 AUDIO_OUTPUTS = (".wav", ".flac")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif")
@@ -30,10 +34,10 @@ class _Inputs:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self._codec: Any = None
+        self._codec: Codec | None = None
 
     @property
-    def codec(self) -> Any:
+    def codec(self) -> Codec:
         if self._codec is None:
             self._codec = load_codec(self.args)
         return self._codec
@@ -46,7 +50,7 @@ class _Inputs:
     def codec_loaded(self) -> bool:
         return self._codec is not None
 
-    def grid(self, path: str | Path) -> Any:
+    def grid(self, path: str | Path) -> TokenGrid:
         from ..tokens import TokenGrid
 
         source = check_input(path)
@@ -74,7 +78,7 @@ def _is_audio_output(path: Path) -> bool:
     raise CliError(f"output must end in .mimi (tokens) or {'/'.join(AUDIO_OUTPUTS)} (decoded audio), got {path.name}")
 
 
-def _write_result(inputs: _Inputs, grid: Any, target: Path, force: bool) -> str:
+def _write_result(inputs: _Inputs, grid: TokenGrid, target: Path, force: bool) -> str:
     """Save a grid as .mimi, or decode every level it holds to audio; returns a description."""
     if not _is_audio_output(target):
         grid.save(target, force=force)

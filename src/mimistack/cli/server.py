@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from .table import Command
 from .common import RANDOM_WARNING, CliError
+from .table import Command
 
 SERVER_EXTRA_HINT = "the web app needs the server extra: pip install 'mimistack[server]'"
 REMOTE_WARNING = ("WARNING: serving on {host}, not loopback: anyone who can reach this machine on port {port} can "

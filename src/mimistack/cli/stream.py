@@ -16,12 +16,14 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .table import Command
 from .common import CliError, add_model_options, check_input, check_output, load_codec
+from .table import Command
+
+if TYPE_CHECKING:
+    from ..codec import Codec
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 
@@ -122,7 +124,7 @@ def _rate_controller(args: argparse.Namespace) -> Any:
         raise CliError(str(error)) from None
 
 
-async def _send(args: argparse.Namespace, codec: Any, source: Any, rate: Any) -> Any:
+async def _send(args: argparse.Namespace, codec: Codec, source: Any, rate: Any) -> Any:
     from .. import stream
 
     if args.mic:
@@ -181,7 +183,7 @@ def _parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
-async def _receive(args: argparse.Namespace, codec: Any, host: str, port: int, target: Path) -> tuple[Any, Any]:
+async def _receive(args: argparse.Namespace, codec: Codec, host: str, port: int, target: Path) -> tuple[Any, Any]:
     from .. import stream
     from ..audio import AudioWriter
 

@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -44,9 +44,13 @@ from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
 from ..config import MimiConfig
-from ..errors import MimistackError
 from ..engine.base import EngineError
 from ..engine.options import OnnxOptions, TorchOptions, torch_available
+from ..errors import MimistackError
+
+if TYPE_CHECKING:
+    from ..codec import Codec
+    from ..tokens import TokenGrid
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +154,7 @@ class ModelService:
         self.model_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._export_lock = threading.Lock()
-        self._codec: Any = None
+        self._codec: Codec | None = None
         self._onnx_dir: Path | None = settings.onnx_dir
         self._manifest: dict[str, Any] | None = None
         self._export_error: str | None = None
@@ -191,7 +195,7 @@ class ModelService:
             return random_weights_path(self.settings.weights)
         return resolve_weights(self.settings.weights, revision=self.settings.revision)
 
-    def codec(self) -> Any:
+    def codec(self) -> Codec:
         with self._load_lock:
             if self._codec is None:
                 from ..codec import Codec
@@ -303,7 +307,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 # -- server-side encode and decode ------------------------------------------------------------------------------
-def encode_upload(service: ModelService, body: bytes, name: str) -> Any:
+def encode_upload(service: ModelService, body: bytes, name: str) -> TokenGrid:
     """Audio file bytes -> TokenGrid (all levels), with content and length checks."""
     from ..audio import AudioError, audio_info
     from ..codec import AudioTooLongError, CodecError
@@ -335,12 +339,12 @@ def encode_upload(service: ModelService, body: bytes, name: str) -> Any:
     return grid.replace(metadata={"source": name, "mimistack_version": __version__})
 
 
-def grid_json(grid: Any, elapsed: float) -> dict[str, Any]:
+def grid_json(grid: TokenGrid, elapsed: float) -> dict[str, Any]:
     """A TokenGrid as JSON for the page: `codes` is base64 of uint16 little-endian, level-major `[K, T]`."""
     return {
         "num_levels": grid.num_levels, "num_frames": grid.num_frames, "num_samples": grid.num_samples,
         "sample_rate": grid.sample_rate, "frame_rate": grid.frame_rate, "codebook_size": grid.codebook_size,
-        "weights_sha256": grid.weights_sha256, "levels_present": list(grid.levels_present),
+        "weights_sha256": grid.weights_sha256, "levels_present": list(grid.present),
         "codes": base64.b64encode(grid.codes.astype("<u2").tobytes()).decode("ascii"),
         "elapsed_seconds": round(elapsed, 4),
     }

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..._version import __version__
 from ..._files import publish_dir, staging_dir
+from ..._version import __version__
 from ...weights import LoadedWeights, codebook_tables, load_weights
 from ..onnx_format import (
     CODEBOOK_FIELDS,
