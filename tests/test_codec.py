@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mimistack.codec import Codec, CodecError
 from mimistack.levels import Levels
+from mimistack.testing import synthetic_signal
 from mimistack.tokens import TokenGrid
 
 
@@ -166,3 +169,65 @@ def test_batch_padding_is_zeroed_in_a_lent_host_buffer(tiny_checkpoint, signal: 
     got = codec.encode_batch(pcms)
     assert lent and all(a == b for a, b in zip(got, want))
     assert np.isfinite(lent[0]).all()
+
+
+def test_engine_auto_picks_torch_when_installed_and_options_are_checked_when_written() -> None:
+    from mimistack.engine.base import EngineError
+    from mimistack.engine.options import OnnxOptions, TorchOptions, resolve_options
+
+    assert isinstance(resolve_options("auto"), TorchOptions)  # torch is installed in the test environment
+    assert isinstance(resolve_options("onnx"), OnnxOptions)
+    with pytest.raises(EngineError, match="unknown engine"):
+        resolve_options("tensorflow")  # type: ignore[arg-type]
+    for bad in ({"device": "tpu"}, {"dtype": "int8"}, {"num_threads": 0}):
+        with pytest.raises(EngineError):
+            TorchOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_other_sample_rates_are_resampled(tiny_codec: Codec) -> None:
+    import soxr
+
+    pcm_16k = synthetic_signal(1.5, sample_rate=16_000, seed=4)
+    grid = tiny_codec.encode(pcm_16k, sample_rate=16_000)
+    at_24k = soxr.resample(pcm_16k, 16_000, 24_000, quality="VHQ").astype(np.float32)
+    assert grid.num_samples == len(at_24k) == round(1.5 * 24_000)
+    np.testing.assert_array_equal(grid.codes, tiny_codec.encode(at_24k).codes)
+    assert tiny_codec.encode(at_24k, sample_rate=24_000) == tiny_codec.encode(at_24k)
+    with pytest.raises(CodecError, match="sample_rate"):
+        tiny_codec.encode(pcm_16k, sample_rate=0)
+
+
+def test_torch_tensors_in_give_torch_tensors_out(tiny_codec: Codec, signal: np.ndarray) -> None:
+    torch = pytest.importorskip("torch")
+    tensor = torch.from_numpy(signal.copy())
+    grid = tiny_codec.encode(tensor)
+    assert grid == tiny_codec.encode(signal)
+    assert tiny_codec.encode(tensor.to(torch.bfloat16)).num_frames == grid.num_frames  # reduced precision: upcast
+    decoded = tiny_codec.decode_codes(torch.from_numpy(grid.codes.astype(np.int64)), "0-7")
+    assert isinstance(decoded, torch.Tensor) and decoded.dtype == torch.float32
+    np.testing.assert_allclose(decoded.numpy(), tiny_codec.decode_codes(grid.codes, "0-7"), atol=1e-6)
+    again = tiny_codec.roundtrip(tensor, "0-3")
+    assert isinstance(again, torch.Tensor) and again.shape == tensor.shape
+    encoder = tiny_codec.stream_encoder()
+    codes = encoder.push(tensor[:4000])
+    assert isinstance(codes, torch.Tensor) and codes.dtype == torch.int64 and codes.shape == (32, 2)
+    np.testing.assert_array_equal(codes.numpy(), grid.codes[:, :2])
+    pcm = tiny_codec.stream_decoder("0-7").push(codes)
+    assert isinstance(pcm, torch.Tensor) and pcm.shape == (2 * 1920,)
+    with pytest.raises(CodecError, match="integers"):
+        tiny_codec.decode_codes(torch.zeros(32, 2), "0-7")
+
+
+def test_encode_file_equals_encode_and_respects_a_length_limit(tiny_codec: Codec, speech: list[Path],
+                                                               tmp_path: Path) -> None:
+    from mimistack.audio import load_audio
+    from mimistack.codec import AudioTooLongError
+
+    pcm = load_audio(speech[4])
+    seen: list[float] = []
+    grid = Codec(tiny_codec.engine, chunk_frames=7).encode_file(speech[4], progress=seen.append)
+    assert grid.num_samples == len(pcm) and abs(sum(seen) - len(pcm) / 24_000) < 1e-6 and len(seen) > 1
+    agreement = float((grid.codes == tiny_codec.encode(pcm).codes).mean())
+    assert agreement >= 0.97  # chunked: float rounding may flip a near-tied token
+    with pytest.raises(AudioTooLongError, match="longer than 1 s"):
+        tiny_codec.encode_file(speech[4], max_seconds=1.0)

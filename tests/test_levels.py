@@ -49,7 +49,10 @@ def tables(tiny_checkpoint):
 def test_latent_is_a_sum_of_level_terms(tables) -> None:
     rng = np.random.default_rng(0)
     codes = rng.integers(0, tables.codebook_size, size=(2, tables.num_levels, 5))
-    terms = tables.level_terms()
+    # Every level's contribution to the latent, precomputed: [num_levels, codebook_size, dimension].
+    semantic = np.einsum("kcd,ed->kce", tables.semantic_codebooks, tables.semantic_output_proj)
+    acoustic = np.einsum("kcd,ed->kce", tables.acoustic_codebooks, tables.acoustic_output_proj)
+    terms = np.concatenate([semantic, acoustic], axis=0)
     for spec in ("0", "0-7", "0,3,9", "5", "all", "none"):
         levels = Levels.parse(spec)
         expected = np.zeros((2, tables.dimension, 5), dtype=np.float32)

@@ -72,12 +72,15 @@ def random_weights_path(name: str = "random", seed: int = 0) -> Path:
 class Codec:
     """Mimi encode/decode on one engine. Create with `Codec.load(...)`."""
 
-    def __init__(self, engine: Engine, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES, source: str = "") -> None:
+    def __init__(self, engine: Engine, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES, source: str = "",
+                 weights: WeightsRef | None = None) -> None:
         if chunk_frames <= 0:
             raise CodecError(f"chunk_frames must be positive, got {chunk_frames}")
         self.engine = engine
         self.chunk_frames = chunk_frames
         self.source = source
+        self.weights = weights
+        """The checkpoint this codec was loaded from (None for an engine made by hand or an export folder alone)."""
 
     @classmethod
     def load(cls, weights: str | os.PathLike[str] = DEFAULT_WEIGHTS, engine: EngineName | EngineOptions = "auto", *,
@@ -109,7 +112,7 @@ class Codec:
 
             backend = load_onnx_engine(weights=ref, onnx_dir=options.onnx_dir, device=options.device,
                                        num_threads=options.num_threads, variant=options.variant)
-        return cls(backend, chunk_frames=chunk_frames, source=source)
+        return cls(backend, chunk_frames=chunk_frames, source=source, weights=ref)
 
     # -- description ----------------------------------------------------------------------------------------
     @property

@@ -185,16 +185,6 @@ class CodebookTables:
     def dimension(self) -> int:
         return int(self.semantic_output_proj.shape[0])
 
-    def level_terms(self) -> np.ndarray:
-        """Every level's contribution to the latent, precomputed: float32 `[num_levels, codebook_size, dimension]`.
-
-        `latent[:, t] = Σ_{i∈S} terms[i, codes[i, t]]` (up to float rounding: the reference sums the acoustic
-        embeddings before projecting).
-        """
-        sem = np.einsum("kcd,ed->kce", self.semantic_codebooks, self.semantic_output_proj)
-        ac = np.einsum("kcd,ed->kce", self.acoustic_codebooks, self.acoustic_output_proj)
-        return np.concatenate([sem, ac], axis=0).astype(np.float32)
-
 
 def latent_from_codes(tables: CodebookTables, codes: np.ndarray, levels: LevelsLike = None) -> np.ndarray:
     """Decoder input latent from codes, with only the selected levels' terms in the sum.

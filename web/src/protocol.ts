@@ -14,6 +14,8 @@
  * `firstFrame + j` is `tokens[j * levelCount + k]` (see `frameToken`).
  */
 
+import { packTokens, paddingIsZero, unpackTokens } from "./packing.js";
+
 export const PROTOCOL_VERSION = 1;
 /** Bytes of a FRAME message before its tokens: the per-message overhead that `planFrames` budgets for. */
 export const FRAME_HEADER_BYTES = 9;
@@ -224,22 +226,6 @@ function encodeHello(m: Hello): Uint8Array {
   return bytes;
 }
 
-function packTokens(tokens: Uint16Array, width: number, out: Uint8Array, offset: number): void {
-  let accumulator = 0;
-  let bits = 0;
-  let position = offset;
-  for (const token of tokens) {
-    accumulator |= token << bits;
-    bits += width;
-    while (bits >= 8) {
-      out[position++] = accumulator & 0xff;
-      accumulator >>>= 8;
-      bits -= 8;
-    }
-  }
-  if (bits > 0) out[position] = accumulator & 0xff;
-}
-
 function encodeFrame(m: Frame): Uint8Array {
   const frames = checkInt("frameCount", m.frameCount, 1, 255);
   const levels = checkInt("levelCount", m.levelCount, 1, 255);
@@ -382,21 +368,10 @@ function decodeFrame(bytes: Uint8Array, view: DataView): Frame {
   }
   const count = frameCount * levelCount;
   expectLength("FRAME", bytes, HEADER_SIZES.frame + Math.ceil((count * width) / 8));
-  const tokens = new Uint16Array(count);
-  let accumulator = 0;
-  let bits = 0;
-  let position = HEADER_SIZES.frame;
-  const mask = (1 << width) - 1;
-  for (let i = 0; i < count; i += 1) {
-    while (bits < width) {
-      accumulator |= (bytes[position++] as number) << bits;
-      bits += 8;
-    }
-    tokens[i] = accumulator & mask;
-    accumulator >>>= width;
-    bits -= width;
+  const tokens = unpackTokens(bytes, count, width, undefined, HEADER_SIZES.frame);
+  if (!paddingIsZero(bytes, count, width, HEADER_SIZES.frame)) {
+    throw new ProtocolError("FRAME padding bits after the last token must be zero");
   }
-  if (accumulator !== 0) throw new ProtocolError("FRAME padding bits after the last token must be zero");
   return { kind: MessageKind.FRAME, firstFrame, frameCount, levelCount, bitsPerToken: width, tokens };
 }
 

@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         save_audio(out_dir / name, pcm, codec.sample_rate, force=True)
         rows.append({"levels": str(levels), "file": name, "bitrate_bps": grid.bitrate(levels),
                      "snr_db": _snr(original, pcm), "decode_seconds": round(seconds, 3)})
-    random_weights = args.weights in RANDOM_WEIGHTS
+    random_weights = codec.weights.is_random if codec.weights is not None else args.weights in RANDOM_WEIGHTS
     summary = {"input": str(source), "duration_s": round(grid.duration, 3), "frames": grid.num_frames,
                "weights": args.weights, "weights_sha256": codec.weights_sha256,
                "random_weights": random_weights, "engine": codec.engine.name,

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..audio import AUDIO_SUFFIXES, OUTPUT_FORMATS
 from .common import CliError, check_input, check_output, decode_to_file, encode_file, load_codec
 from .table import Command
 
@@ -24,8 +25,7 @@ if TYPE_CHECKING:
     from ..codec import Codec
     from ..tokens import TokenGrid
 
-AUDIO_OUTPUTS = (".wav", ".flac")
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif")
+AUDIO_OUTPUTS = tuple(OUTPUT_FORMATS)
 
 
 
@@ -274,7 +274,7 @@ def _audio_files(paths: Sequence[str], limit: int | None) -> list[Path]:
         else:
             found.append(check_input(source))
     if not found:
-        raise CliError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(paths)}")
+        raise CliError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {', '.join(paths)}")
     return found[:limit] if limit is not None else found
 
 

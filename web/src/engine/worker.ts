@@ -158,7 +158,6 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
   ort.env.logLevel = 'error';
 
   const manifest = checkManifest(await fetchJson(`${options.modelBase}manifest.json`));
-  const config = manifest.config as Record<string, unknown>;
   const streams = (manifest.streams ?? {}) as Record<string, StreamSpec>;
   const stateful = options.streaming && !!streams.encoder_stream && !!streams.decoder_stream;
   const variant = options.variant ?? 'fp32';
