@@ -53,9 +53,16 @@ def worker(impl: str, task: str, seconds: float, levels: int, checkpoint: str, t
     started = time.perf_counter()
     run(task, pcm)
     elapsed = time.perf_counter() - started
-    return {"impl": impl, "task": task, "seconds": seconds, "levels": levels, "elapsed": elapsed,
-            "throughput": seconds / elapsed, "load_seconds": load_seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "impl": impl,
+        "task": task,
+        "seconds": seconds,
+        "levels": levels,
+        "elapsed": elapsed,
+        "throughput": seconds / elapsed,
+        "load_seconds": load_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _runner(impl: str, checkpoint: str, levels: int):
@@ -76,12 +83,13 @@ def _runner(impl: str, checkpoint: str, levels: int):
                 elif task == "stream-encode":
                     with model.streaming(1):
                         for i in range(0, len(pcm), FRAME):
-                            model.encode(x[..., i:i + FRAME])
+                            model.encode(x[..., i : i + FRAME])
                 else:
                     codes = _codes(pcm, levels)
                     with model.streaming(1):
                         for i in range(codes.shape[-1]):
-                            model.decode(codes[..., i:i + 1])
+                            model.decode(codes[..., i : i + 1])
+
         return run
 
     if impl == "rustymimi":
@@ -99,11 +107,12 @@ def _runner(impl: str, checkpoint: str, levels: int):
             elif task == "stream-encode":
                 tokenizer.reset()
                 for i in range(0, len(pcm), FRAME):
-                    tokenizer.encode_step(np.ascontiguousarray(x[..., i:i + FRAME]))
+                    tokenizer.encode_step(np.ascontiguousarray(x[..., i : i + FRAME]))
             else:
                 tokenizer.reset()
                 for i in range(codes.shape[-1]):
-                    tokenizer.decode_step(np.ascontiguousarray(codes[..., i:i + 1]))
+                    tokenizer.decode_step(np.ascontiguousarray(codes[..., i : i + 1]))
+
         return run
 
     from mimistack.codec import Codec
@@ -119,12 +128,13 @@ def _runner(impl: str, checkpoint: str, levels: int):
         elif task == "stream-encode":
             encoder = codec.stream_encoder()
             for i in range(0, len(pcm), FRAME):
-                encoder.push(pcm[i:i + FRAME])
+                encoder.push(pcm[i : i + FRAME])
         else:
             codes = _full_codes(pcm)
             decoder = codec.stream_decoder(selection)
             for i in range(codes.shape[-1]):
-                decoder.push(codes[:, i:i + 1])
+                decoder.push(codes[:, i : i + 1])
+
     return run
 
 
@@ -147,13 +157,18 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--stream-seconds", type=float, default=None,
-                        help="cap streaming runs at this duration (moshi streams slowly); default: no cap")
+    parser.add_argument(
+        "--stream-seconds",
+        type=float,
+        default=None,
+        help="cap streaming runs at this duration (moshi streams slowly); default: no cap",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="4 s, 32 levels: a smoke run")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--worker", nargs=5, metavar=("IMPL", "TASK", "SECONDS", "LEVELS", "CHECKPOINT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=5, metavar=("IMPL", "TASK", "SECONDS", "LEVELS", "CHECKPOINT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         impl, task, seconds, levels, checkpoint = args.worker
@@ -169,30 +184,57 @@ def main() -> None:
                 if task.startswith("stream") and args.stream_seconds and seconds > args.stream_seconds:
                     continue
                 for impl in args.impls:
-                    command = [sys.executable, __file__, "--threads", str(args.threads), "--worker", impl, task,
-                               str(seconds), str(levels), checkpoint]
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--threads",
+                        str(args.threads),
+                        "--worker",
+                        impl,
+                        task,
+                        str(seconds),
+                        str(levels),
+                        checkpoint,
+                    ]
                     result = subprocess.run(command, capture_output=True, text=True, check=False)
                     if result.returncode != 0:
                         print(f"{impl} {task} {seconds}s failed: {result.stderr.strip()[-300:]}", file=sys.stderr)
                         continue
                     row = json.loads(result.stdout.strip().splitlines()[-1])
                     rows.append(row)
-                    print(f"{impl:>10} {task:>13} {seconds:>4.0f}s {levels:>2} levels: {row['throughput']:7.2f}x "
-                          f"real time, peak RSS {row['peak_rss_mb']:6.0f} MB", file=sys.stderr, flush=True)
+                    print(
+                        f"{impl:>10} {task:>13} {seconds:>4.0f}s {levels:>2} levels: {row['throughput']:7.2f}x "
+                        f"real time, peak RSS {row['peak_rss_mb']:6.0f} MB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| task | audio | levels | impl | throughput (audio s/s) | vs moshi | peak RSS (MB) | load (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | audio | levels | impl | throughput (audio s/s) | vs moshi | peak RSS (MB) | load (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        base = next((r for r in rows if r["impl"] == "moshi" and r["task"] == row["task"]
-                     and r["seconds"] == row["seconds"] and r["levels"] == row["levels"]), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["impl"] == "moshi"
+                and r["task"] == row["task"]
+                and r["seconds"] == row["seconds"]
+                and r["levels"] == row["levels"]
+            ),
+            None,
+        )
         ratio = f"{row['throughput'] / base['throughput']:.2f}x" if base else "n/a"
-        lines.append(f"| {row['task']} | {row['seconds']:.0f} s | {row['levels']} | {row['impl']} | "
-                     f"{row['throughput']:.2f} | {ratio} | {row['peak_rss_mb']:.0f} | {row['load_seconds']:.1f} |")
+        lines.append(
+            f"| {row['task']} | {row['seconds']:.0f} s | {row['levels']} | {row['impl']} | "
+            f"{row['throughput']:.2f} | {ratio} | {row['peak_rss_mb']:.0f} | {row['load_seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 

@@ -32,8 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the one speech helper: tests/speech_data.py
 from speech_data import SPEECH_DIR, speech_files  # noqa: E402
 
-QUICK_FILES = ("real_sense_and_sensibility_01_austen_64kb-0880.wav",
-               "real_sense_and_sensibility_01_austen_64kb-0890.wav", "flite_awb.wav")
+QUICK_FILES = (
+    "real_sense_and_sensibility_01_austen_64kb-0880.wav",
+    "real_sense_and_sensibility_01_austen_64kb-0890.wav",
+    "flite_awb.wav",
+)
 
 
 def build_corpus(folder: Path, speech_dir: Path, copies: int, quick: bool) -> list[Path]:
@@ -53,12 +56,14 @@ def build_corpus(folder: Path, speech_dir: Path, copies: int, quick: bool) -> li
     return files
 
 
-def plain_loop(files: list[Path], weights: str, engine: str, onnx_dir: str | None,
-               threads: int) -> tuple[float, float, dict[str, np.ndarray]]:
+def plain_loop(
+    files: list[Path], weights: str, engine: str, onnx_dir: str | None, threads: int
+) -> tuple[float, float, dict[str, np.ndarray]]:
     from mimistack import Codec, OnnxOptions, TorchOptions, load_audio
 
-    options = OnnxOptions(onnx_dir=onnx_dir, num_threads=threads) if engine == "onnx" else TorchOptions(
-        num_threads=threads)
+    options = (
+        OnnxOptions(onnx_dir=onnx_dir, num_threads=threads) if engine == "onnx" else TorchOptions(num_threads=threads)
+    )
     codec = Codec.load(weights, engine=options)
     codec.encode(np.zeros(codec.frame_size, dtype=np.float32))  # warm-up: first-call allocations
     codes, seconds = {}, 0.0
@@ -70,8 +75,9 @@ def plain_loop(files: list[Path], weights: str, engine: str, onnx_dir: str | Non
     return seconds, time.perf_counter() - started, codes
 
 
-def ray_pipeline(folder: Path, out: Path, weights: str, engine: str, onnx_dir: str | None,
-                 encoders: int | None) -> tuple[float, float, dict[str, np.ndarray]]:
+def ray_pipeline(
+    folder: Path, out: Path, weights: str, engine: str, onnx_dir: str | None, encoders: int | None
+) -> tuple[float, float, dict[str, np.ndarray]]:
     from mimistack import corpus
 
     result = corpus.tokenize_corpus(folder, out, weights, engine=engine, onnx_dir=onnx_dir, encoders=encoders)
@@ -92,8 +98,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 short files, 1 copy (proves the script runs)")
     parser.add_argument("--copies", type=int, default=None, help="copies of the speech samples (default 10)")
-    parser.add_argument("--weights", default="random", help="default: random official-size weights (same speed "
-                        "as kyutai/mimi)")
+    parser.add_argument(
+        "--weights", default="random", help="default: random official-size weights (same speed as kyutai/mimi)"
+    )
     parser.add_argument("--engines", default="torch,onnx", help="comma-separated: torch, onnx")
     parser.add_argument("--onnx", dest="onnx_dir", default=None, help="exported ONNX graphs for the onnx engine")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray and the loop (default: all)")
@@ -108,9 +115,11 @@ def main() -> int:
 
     cpus = args.num_cpus or len(os.sched_getaffinity(0))
     copies = args.copies or (1 if args.quick else 10)
-    print(f"mimistack {__version__}, torch {torch.__version__}, ray {ray.__version__}, python "
-          f"{platform.python_version()}; {cpus} CPUs ({platform.processor() or platform.machine()}), load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; weights {args.weights}")
+    print(
+        f"mimistack {__version__}, torch {torch.__version__}, ray {ray.__version__}, python "
+        f"{platform.python_version()}; {cpus} CPUs ({platform.processor() or platform.machine()}), load average "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; weights {args.weights}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as scratch:
         folder = Path(scratch) / "audio"
@@ -118,28 +127,59 @@ def main() -> int:
         print(f"corpus: {len(files)} files ({copies} copies)")
         started = time.perf_counter()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _node_ip_address="127.0.0.1")
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            _node_ip_address="127.0.0.1",
+        )
         print(f"ray start: {time.perf_counter() - started:.1f} s (not in the figures below)")
         try:
             for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
                 try:
                     seconds, elapsed, loop_codes = plain_loop(files, args.weights, engine, args.onnx_dir, cpus)
                 except Exception as error:  # one engine failing must not hide the others
-                    rows.append((engine, "single-process loop", "-", "-", "-", f"unavailable: {type(error).__name__}: "
-                                 f"{str(error).splitlines()[0][:100]}"))
+                    rows.append(
+                        (
+                            engine,
+                            "single-process loop",
+                            "-",
+                            "-",
+                            "-",
+                            f"unavailable: {type(error).__name__}: {str(error).splitlines()[0][:100]}",
+                        )
+                    )
                     continue
-                rows.append((engine, "single-process loop", f"{seconds:.1f}", f"{elapsed:.1f}",
-                             f"{seconds / elapsed:.2f}", "reference"))
+                rows.append(
+                    (
+                        engine,
+                        "single-process loop",
+                        f"{seconds:.1f}",
+                        f"{elapsed:.1f}",
+                        f"{seconds / elapsed:.2f}",
+                        "reference",
+                    )
+                )
                 try:
                     out = Path(scratch) / f"tokens-{engine}"
-                    seconds, elapsed, ray_codes = ray_pipeline(folder, out, args.weights, engine, args.onnx_dir,
-                                                               args.encoders)
-                    rows.append((engine, "ray tokenize-corpus", f"{seconds:.1f}", f"{elapsed:.1f}",
-                                 f"{seconds / elapsed:.2f}", agreement(loop_codes, ray_codes)))
+                    seconds, elapsed, ray_codes = ray_pipeline(
+                        folder, out, args.weights, engine, args.onnx_dir, args.encoders
+                    )
+                    rows.append(
+                        (
+                            engine,
+                            "ray tokenize-corpus",
+                            f"{seconds:.1f}",
+                            f"{elapsed:.1f}",
+                            f"{seconds / elapsed:.2f}",
+                            agreement(loop_codes, ray_codes),
+                        )
+                    )
                 except Exception as error:
-                    rows.append((engine, "ray tokenize-corpus", "-", "-", "-",
-                                 f"failed: {type(error).__name__}: {error}"[:120]))
+                    rows.append(
+                        (engine, "ray tokenize-corpus", "-", "-", "-", f"failed: {type(error).__name__}: {error}"[:120])
+                    )
         finally:
             ray.shutdown()
     header = ("engine", "path", "audio s", "wall s", "audio s/s (= h/h)", "codes vs loop")

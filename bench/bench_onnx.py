@@ -128,8 +128,11 @@ class Runner:
         # As the `mimistack` program runs it: one ONNX Runtime thread pool for the process (engine.onnx explains).
         prefer_shared_thread_pool(os.environ.get("MIMISTACK_BENCH_ORT_POOL", "shared") == "shared")
         if options:
-            engine = OnnxEngine(onnx_dir or load_onnx_engine(weights=weights).onnx_dir, num_threads=threads,
-                                **{k: v for k, v in options.items() if k != "profile"})
+            engine = OnnxEngine(
+                onnx_dir or load_onnx_engine(weights=weights).onnx_dir,
+                num_threads=threads,
+                **{k: v for k, v in options.items() if k != "profile"},
+            )
             if options.get("profile"):
                 engine.session_options.enable_profiling = True
                 engine.session_options.profile_file_prefix = options["profile"]
@@ -180,9 +183,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         pcm = test_audio(seconds)
         encode_s, codes = timed_best(lambda pcm=pcm: encode(pcm), args.repeats)
         decode_s, _ = timed_best(lambda codes=codes: decode(codes), args.repeats)
-        result["batch"][str(seconds)] = {"encode_x_realtime": seconds / encode_s,
-                                         "decode_x_realtime": seconds / decode_s,
-                                         "encode_seconds": encode_s, "decode_seconds": decode_s}
+        result["batch"][str(seconds)] = {
+            "encode_x_realtime": seconds / encode_s,
+            "decode_x_realtime": seconds / decode_s,
+            "encode_seconds": encode_s,
+            "decode_seconds": decode_s,
+        }
     frames = test_audio((args.stream_frames + 5) * FRAME / SAMPLE_RATE)[: (args.stream_frames + 5) * FRAME]
     frames = frames.reshape(-1, FRAME)
     stream(frames, 3)  # warm-up
@@ -190,8 +196,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     total = np.array(encode_ms) + np.array(decode_ms)
     result["stream"] = {
         "frames": args.stream_frames,
-        "encode_ms_p50": float(np.percentile(encode_ms, 50)), "encode_ms_p99": float(np.percentile(encode_ms, 99)),
-        "decode_ms_p50": float(np.percentile(decode_ms, 50)), "decode_ms_p99": float(np.percentile(decode_ms, 99)),
+        "encode_ms_p50": float(np.percentile(encode_ms, 50)),
+        "encode_ms_p99": float(np.percentile(encode_ms, 99)),
+        "decode_ms_p50": float(np.percentile(decode_ms, 50)),
+        "decode_ms_p99": float(np.percentile(decode_ms, 99)),
         "total_ms_p50": float(np.percentile(total, 50)),
         "x_realtime": 80.0 / float(np.percentile(total, 50)),
     }
@@ -214,20 +222,46 @@ def summarise_profiles(engine: Any) -> dict[str, Any]:
                 totals[op] = totals.get(op, 0.0) + event["dur"]
         overall = sum(totals.values()) or 1.0
         top = sorted(totals.items(), key=lambda item: -item[1])[:12]
-        summary[graph] = {"file": path, "kernel_ms": overall / 1e3,
-                          "top": {op: f"{100 * us / overall:.1f}%" for op, us in top}}
+        summary[graph] = {
+            "file": path,
+            "kernel_ms": overall / 1e3,
+            "top": {op: f"{100 * us / overall:.1f}%" for op, us in top},
+        }
     return summary
 
 
 # -- parent side ----------------------------------------------------------------------------------------------
-def run_worker(engine: str, args: argparse.Namespace, weights: str, onnx_dir: str | None,
-               onnx_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_worker(
+    engine: str,
+    args: argparse.Namespace,
+    weights: str,
+    onnx_dir: str | None,
+    onnx_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     threads = str(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads,
-           "OPENBLAS_NUM_THREADS": threads}
-    command = [sys.executable, __file__, "--worker", engine, "--weights", weights, "--threads", threads,
-               "--durations", ",".join(str(d) for d in args.durations), "--stream-frames", str(args.stream_frames),
-               "--repeats", str(args.repeats)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "RAYON_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+    }
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        engine,
+        "--weights",
+        weights,
+        "--threads",
+        threads,
+        "--durations",
+        ",".join(str(d) for d in args.durations),
+        "--stream-frames",
+        str(args.stream_frames),
+        "--repeats",
+        str(args.repeats),
+    ]
     if onnx_dir:
         command += ["--onnx", onnx_dir]
     if onnx_options:
@@ -252,8 +286,11 @@ def print_table(results: list[dict[str, Any]], durations: list[float]) -> None:
             batch = r["batch"][str(seconds)]
             row += [f"{batch['encode_x_realtime']:.1f}", f"{batch['decode_x_realtime']:.1f}"]
         s = r["stream"]
-        row += [f"{s['encode_ms_p50']:.1f}/{s['encode_ms_p99']:.1f}",
-                f"{s['decode_ms_p50']:.1f}/{s['decode_ms_p99']:.1f}", f"{s['x_realtime']:.1f}"]
+        row += [
+            f"{s['encode_ms_p50']:.1f}/{s['encode_ms_p99']:.1f}",
+            f"{s['decode_ms_p50']:.1f}/{s['decode_ms_p99']:.1f}",
+            f"{s['x_realtime']:.1f}",
+        ]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
@@ -268,8 +305,10 @@ def print_table(results: list[dict[str, Any]], durations: list[float]) -> None:
         parts = []
         for seconds in durations:
             mine, base = r["batch"][str(seconds)], baseline["batch"][str(seconds)]
-            parts.append(f"enc {seconds:g}s {mine['encode_x_realtime'] / base['encode_x_realtime']:.2f}x, "
-                         f"dec {seconds:g}s {mine['decode_x_realtime'] / base['decode_x_realtime']:.2f}x")
+            parts.append(
+                f"enc {seconds:g}s {mine['encode_x_realtime'] / base['encode_x_realtime']:.2f}x, "
+                f"dec {seconds:g}s {mine['decode_x_realtime'] / base['decode_x_realtime']:.2f}x"
+            )
         stream_ratio = baseline["stream"]["total_ms_p50"] / r["stream"]["total_ms_p50"]
         print(f"  {r['engine']:<10} {'; '.join(parts)}; stream {stream_ratio:.2f}x")
 
@@ -318,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.onnx_sweep:
         for optimization in ("basic", "extended", "all"):
             for spinning in (True, False):
-                result = run_worker("onnx", args, weights, onnx_dir,
-                                    {"optimization": optimization, "spinning": spinning})
+                result = run_worker(
+                    "onnx", args, weights, onnx_dir, {"optimization": optimization, "spinning": spinning}
+                )
                 result["engine"] = f"onnx/{optimization}/{'spin' if spinning else 'nospin'}"
                 results.append(result)
         print_table(results, args.durations)

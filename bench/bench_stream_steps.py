@@ -29,17 +29,23 @@ def session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def step_times(folder: Path, manifest: dict[str, Any], graph: str, file: str, frames: int, steps: int,
-               threads: int) -> float:
+def step_times(
+    folder: Path, manifest: dict[str, Any], graph: str, file: str, frames: int, steps: int, threads: int
+) -> float:
     """Median milliseconds per call of `file` (stream graph `graph`) fed `frames` frames per call."""
     spec = manifest["streams"][graph]
     runner = session(folder / file, threads)
     frame_size, dimension = int(manifest["frame_size"]), int(manifest["dimension"])
     rng = np.random.default_rng(0)
-    value = (0.1 * rng.standard_normal((1, 1, frames * frame_size)) if graph.startswith("encoder")
-             else rng.standard_normal((1, dimension, frames))).astype(np.float32)
-    state = {s["name"]: np.zeros([d if isinstance(d, int) else 1 for d in s["shape"]], dtype=s["dtype"])
-             for s in spec["states"]}
+    value = (
+        0.1 * rng.standard_normal((1, 1, frames * frame_size))
+        if graph.startswith("encoder")
+        else rng.standard_normal((1, dimension, frames))
+    ).astype(np.float32)
+    state = {
+        s["name"]: np.zeros([d if isinstance(d, int) else 1 for d in s["shape"]], dtype=s["dtype"])
+        for s in spec["states"]
+    }
     outputs = [spec["output"], *(s["output"] for s in spec["states"])]
     times = []
     for _ in range(steps):
@@ -47,7 +53,7 @@ def step_times(folder: Path, manifest: dict[str, Any], graph: str, file: str, fr
         result = runner.run(outputs, {spec["input"]: value, **state})
         times.append(time.perf_counter() - started)
         state = {s["name"]: array for s, array in zip(spec["states"], result[1:])}
-    return 1e3 * float(np.median(times[max(1, steps // 4):]))
+    return 1e3 * float(np.median(times[max(1, steps // 4) :]))
 
 
 def main() -> int:
@@ -67,10 +73,21 @@ def main() -> int:
             file = f"{graph}.onnx" if variant == "fp32" else f"{graph}.{variant}.onnx"
             for frames in (int(f) for f in args.frames.split(",")):
                 ms = step_times(folder, manifest, graph, file, frames, args.steps, args.threads)
-                rows.append({"graph": graph, "variant": variant, "frames": frames, "ms_per_call": ms,
-                             "ms_per_frame": ms / frames, "x_real_time": 80.0 * frames / ms})
-                print(f"{graph:<15} {variant:<5} {frames} frame(s)/call: {ms:7.1f} ms per call, "
-                      f"{ms / frames:6.1f} ms per frame, {80.0 * frames / ms:5.2f}x real time", flush=True)
+                rows.append(
+                    {
+                        "graph": graph,
+                        "variant": variant,
+                        "frames": frames,
+                        "ms_per_call": ms,
+                        "ms_per_frame": ms / frames,
+                        "x_real_time": 80.0 * frames / ms,
+                    }
+                )
+                print(
+                    f"{graph:<15} {variant:<5} {frames} frame(s)/call: {ms:7.1f} ms per call, "
+                    f"{ms / frames:6.1f} ms per frame, {80.0 * frames / ms:5.2f}x real time",
+                    flush=True,
+                )
     if args.json:
         Path(args.json).write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1) + "\n")
     return 0

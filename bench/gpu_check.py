@@ -40,8 +40,11 @@ def main() -> int:
     gpu = Codec.load(checkpoint, engine=TorchOptions(device="cuda"))
     got = gpu.encode_batch(signals[:2])
     equal = float(np.mean([(a.codes == b.codes).mean() for a, b in zip(want, got)]))
-    check("strict fp32 on CUDA vs CPU codes", equal >= 0.98,
-          f"{100 * equal:.3f} % equal (other kernels sum in other orders: near-ties flip on random weights)")
+    check(
+        "strict fp32 on CUDA vs CPU codes",
+        equal >= 0.98,
+        f"{100 * equal:.3f} % equal (other kernels sum in other orders: near-ties flip on random weights)",
+    )
     pcm_cpu, pcm_gpu = cpu.decode(want[0]), gpu.decode(want[0])
     error = float(np.linalg.norm(pcm_cpu - pcm_gpu) / np.linalg.norm(pcm_cpu))
     check("strict fp32 on CUDA vs CPU audio", error < 1e-4, f"relative L2 {error:.2e}")
@@ -54,8 +57,11 @@ def main() -> int:
         seconds = time.perf_counter() - started
         agree = float(np.mean([(a.codes == b.codes).mean() for a, b in zip(grids, reference)]))
         finite = all(np.isfinite(p).all() for p in pcms)
-        check(f"Codec(fast=True, dtype={dtype})", agree >= floor and finite,
-              f"{100 * agree:.2f} % of codes equal to strict fp32, finite audio, {seconds:.1f} s (incl. warm-up)")
+        check(
+            f"Codec(fast=True, dtype={dtype})",
+            agree >= floor and finite,
+            f"{100 * agree:.2f} % of codes equal to strict fp32, finite audio, {seconds:.1f} s (incl. warm-up)",
+        )
     now = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     check("precision flags untouched", now == flags, f"before {flags}, after {now}")
     return 1 if failures else 0

@@ -91,8 +91,7 @@ def precision(matmul_tf32: bool, conv_tf32: bool, benchmark: bool) -> Iterator[N
     try:
         yield
     finally:
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-         torch.backends.cudnn.benchmark) = saved
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved
 
 
 def timed(run: Callable[[], Any], device: torch.device, warmup: int, iters: int, budget: Budget) -> tuple[Any, float]:
@@ -119,7 +118,7 @@ def build_audio(batch: int, seconds: float, sample_rate: int, frame_size: int) -
 
     source = np.concatenate([soundfile.read(f, dtype="float32")[0] for f in speech_files()])
     tiled = np.tile(source, int(np.ceil((length + batch * 4801) / len(source))) + 1)
-    return np.stack([tiled[row * 4801:row * 4801 + length] for row in range(batch)])[:, None, :].astype(np.float32)
+    return np.stack([tiled[row * 4801 : row * 4801 + length] for row in range(batch)])[:, None, :].astype(np.float32)
 
 
 def snr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -141,8 +140,7 @@ def hf_model(tensors: dict[str, np.ndarray], config: Any, device: torch.device) 
     return model.to(device).eval()
 
 
-def stage_profile(mimi: Any, pinned: torch.Tensor, codes: np.ndarray | None,
-                  device: torch.device, label: str) -> None:
+def stage_profile(mimi: Any, pinned: torch.Tensor, codes: np.ndarray | None, device: torch.device, label: str) -> None:
     """Milliseconds per stage of the eager bf16 path (one warm-up, one timed call each): where the time goes."""
     stages: list[tuple[str, Callable[[], Any]]] = []
     with precision(False, False, True), torch.inference_mode():
@@ -188,10 +186,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="batch 2 x 1 s, 1 warm-up, 1 iteration (a smoke run)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the fast paths")
     parser.add_argument("--only", default="", help="comma-separated subset of: hf, ours, codec, fast")
-    parser.add_argument("--fast", default="bf16-nhwc,fp32-nhwc,tf32-nhwc",
-                        help="fast variants in order: bf16-nhwc, bf16, tf32-nhwc, tf32, fp32-nhwc (TF32 off) (later "
-                             "ones may not fit the "
-                             "budget)")
+    parser.add_argument(
+        "--fast",
+        default="bf16-nhwc,fp32-nhwc,tf32-nhwc",
+        help="fast variants in order: bf16-nhwc, bf16, tf32-nhwc, tf32, fp32-nhwc (TF32 off) (later "
+        "ones may not fit the "
+        "budget)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage timing of the fast path")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -210,8 +211,11 @@ def main() -> int:
     from mimistack.weights import load_weights
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"mimistack {__version__}, torch {torch.__version__}, device {name}; batch {args.batch} x "
-          f"{args.seconds:g} s; budget {args.budget:.0f} s", flush=True)
+    print(
+        f"mimistack {__version__}, torch {torch.__version__}, device {name}; batch {args.batch} x "
+        f"{args.seconds:g} s; budget {args.budget:.0f} s",
+        flush=True,
+    )
     scratch = Path(tempfile.mkdtemp(prefix="gpu-corpus-"))
     started = time.perf_counter()
     checkpoint = write_random_checkpoint(scratch / "official.safetensors", "official", seed=0)
@@ -225,8 +229,16 @@ def main() -> int:
 
     def record(path: str, direction: str, seconds: float | None, quality: str, note: str = "") -> None:
         speed = audio_seconds / seconds if seconds else None
-        rows.append({"path": path, "direction": direction, "seconds_per_batch": seconds,
-                     "audio_seconds_per_second": speed, "quality": quality, "note": note})
+        rows.append(
+            {
+                "path": path,
+                "direction": direction,
+                "seconds_per_batch": seconds,
+                "audio_seconds_per_second": speed,
+                "quality": quality,
+                "note": note,
+            }
+        )
         shown = f"{speed:,.0f}" if speed else "-"
         print(f"  {path:<22} {direction:<7} {shown:>10} audio s/s  {quality} {note}", flush=True)
 
@@ -237,8 +249,10 @@ def main() -> int:
         if codes.shape != ref.shape:
             return f"shape {codes.shape} vs {ref.shape}"
         equal = codes == ref
-        return (f"codes {100 * float(equal.mean()):.3f}% equal (level 0: {100 * float(equal[:, 0].mean()):.2f}%, "
-                f"0-7: {100 * float(equal[:, :8].mean()):.2f}%)")
+        return (
+            f"codes {100 * float(equal.mean()):.3f}% equal (level 0: {100 * float(equal[:, 0].mean()):.2f}%, "
+            f"0-7: {100 * float(equal[:, :8].mean()):.2f}%)"
+        )
 
     def quality(pcm: np.ndarray) -> str:
         return f"SNR {snr(reference['pcm'], pcm):.1f} dB vs fp32" if "pcm" in reference else "(no fp32 reference)"
@@ -293,18 +307,23 @@ def main() -> int:
         del codec16
     if "codec" in wanted:
         # The integrated fast path, as the corpus pipeline's GPU actors run it: numpy in and out.
-        codec_fast = Codec.load(checkpoint, engine=TorchOptions(device=args.device, dtype="bfloat16", fast=True,
-                                                                compile=not args.no_compile))
+        codec_fast = Codec.load(
+            checkpoint,
+            engine=TorchOptions(device=args.device, dtype="bfloat16", fast=True, compile=not args.no_compile),
+        )
+
         def codec_encode() -> tuple[float, str]:
             with precision(False, False, True), torch.inference_mode():  # the engine keeps its quantizer strict
-                grids, seconds = timed(lambda: codec_fast.encode_batch(signals), device, args.warmup, args.iters,
-                                       budget)
+                grids, seconds = timed(
+                    lambda: codec_fast.encode_batch(signals), device, args.warmup, args.iters, budget
+                )
             return seconds, agreement(np.stack([g.codes for g in grids]))
 
         def codec_decode() -> tuple[float, str]:
             with precision(False, False, True), torch.inference_mode():
-                pcms, seconds = timed(lambda: codec_fast.decode_batch(reference["grids"]), device, args.warmup,
-                                      args.iters, budget)
+                pcms, seconds = timed(
+                    lambda: codec_fast.decode_batch(reference["grids"]), device, args.warmup, args.iters, budget
+                )
             return seconds, quality(np.stack(pcms))
 
         attempt("Codec(fast=True) bf16", "encode", codec_encode, need=60)
@@ -324,17 +343,21 @@ def main() -> int:
             def hf_encode(autocast: bool) -> tuple[float, str]:
                 context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
                 with torch.inference_mode(), context:
-                    out, seconds = timed(lambda: hf.encode(x, num_quantizers=config.num_levels).audio_codes,
-                                         device, args.warmup, args.iters, budget)
+                    out, seconds = timed(
+                        lambda: hf.encode(x, num_quantizers=config.num_levels).audio_codes,
+                        device,
+                        args.warmup,
+                        args.iters,
+                        budget,
+                    )
                 return seconds, agreement(out.cpu().numpy().astype(np.uint16))
 
             def hf_decode(autocast: bool) -> tuple[float, str]:
                 codes = torch.from_numpy(reference["codes"].astype(np.int64)).to(device)
                 context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
                 with torch.inference_mode(), context:
-                    out, seconds = timed(lambda: hf.decode(codes).audio_values, device, args.warmup, args.iters,
-                                         budget)
-                return seconds, quality(out.float().cpu().numpy()[:, 0, :audio.shape[-1]])
+                    out, seconds = timed(lambda: hf.decode(codes).audio_values, device, args.warmup, args.iters, budget)
+                return seconds, quality(out.float().cpu().numpy()[:, 0, : audio.shape[-1]])
 
             attempt("hf fp32", "encode", lambda: hf_encode(False))
             attempt("hf fp32", "decode", lambda: hf_decode(False))
@@ -382,24 +405,25 @@ def main() -> int:
 
             with precision(tf32, tf32, True), torch.inference_mode():
                 pcm, seconds = timed(run, device, args.warmup, args.iters, budget)
-            return seconds, quality(pcm[:, 0, :audio.shape[-1]])
+            return seconds, quality(pcm[:, 0, : audio.shape[-1]])
 
         if budget.left > 30 and not args.no_profile:
             try:
                 for nhwc in (False, True):
                     mimi = FastMimi(model, torch.bfloat16, channels_last=nhwc).eval()
-                    stage_profile(mimi, pinned, reference.get("codes"), device,
-                                  "nhwc" if nhwc else "nchw")
+                    stage_profile(mimi, pinned, reference.get("codes"), device, "nhwc" if nhwc else "nchw")
             except Exception as error:
                 print(f"  stage profile failed: {type(error).__name__}: {error}", flush=True)
-        variants = {"bf16-nhwc": ("fast bf16 nhwc", torch.bfloat16, False, True),
-                    "bf16": ("fast bf16", torch.bfloat16, False, False),
-                    "tf32-nhwc": ("fast tf32 nhwc", torch.float32, True, True),
-                    "fp32-nhwc": ("fast fp32 strict nhwc", torch.float32, False, True),
-                    "tf32": ("fast tf32", torch.float32, True, False)}
+        variants = {
+            "bf16-nhwc": ("fast bf16 nhwc", torch.bfloat16, False, True),
+            "bf16": ("fast bf16", torch.bfloat16, False, False),
+            "tf32-nhwc": ("fast tf32 nhwc", torch.float32, True, True),
+            "fp32-nhwc": ("fast fp32 strict nhwc", torch.float32, False, True),
+            "tf32": ("fast tf32", torch.float32, True, False),
+        }
         for key in [v.strip() for v in args.fast.split(",") if v.strip()]:
             label, dtype, tf32, nhwc = variants[key]
-            for compiled in ([True, False] if compile_ok else [False]):
+            for compiled in [True, False] if compile_ok else [False]:
                 suffix = " compiled" if compiled else " eager"
                 need = 60.0 if compiled else 15.0
                 try:
@@ -415,19 +439,38 @@ def main() -> int:
                 del mimi
 
     print()
-    print(f"batch {args.batch} x {args.seconds:g} s = {audio_seconds:g} s of audio per call, device {name}, "
-          f"torch {torch.__version__}; total {time.perf_counter() - started:.0f} s")
+    print(
+        f"batch {args.batch} x {args.seconds:g} s = {audio_seconds:g} s of audio per call, device {name}, "
+        f"torch {torch.__version__}; total {time.perf_counter() - started:.0f} s"
+    )
     header = ("path", "direction", "audio s/s", "ms / batch", "vs fp32 engine")
-    lines = [(r["path"], r["direction"],
-              f"{r['audio_seconds_per_second']:,.0f}" if r["audio_seconds_per_second"] else "-",
-              f"{1000 * r['seconds_per_batch']:.1f}" if r["seconds_per_batch"] else "-",
-              (r["quality"] + " " + r["note"]).strip()) for r in rows]
+    lines = [
+        (
+            r["path"],
+            r["direction"],
+            f"{r['audio_seconds_per_second']:,.0f}" if r["audio_seconds_per_second"] else "-",
+            f"{1000 * r['seconds_per_batch']:.1f}" if r["seconds_per_batch"] else "-",
+            (r["quality"] + " " + r["note"]).strip(),
+        )
+        for r in rows
+    ]
     widths = [max(len(str(line[i])) for line in [header, *lines]) for i in range(len(header))]
     for line in [header, tuple("-" * w for w in widths), *lines]:
         print("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "batch": args.batch,
-                                         "seconds": args.seconds, "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "device": name,
+                    "torch": torch.__version__,
+                    "batch": args.batch,
+                    "seconds": args.seconds,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     else:
-        print("FAIL: torch is importable here; run in an environment without torch or pass --block-torch",
-              file=sys.stderr)
+        print(
+            "FAIL: torch is importable here; run in an environment without torch or pass --block-torch", file=sys.stderr
+        )
         return 1
 
     import numpy as np
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     encoder = codec.stream_encoder()
     step = 1234
-    pieces = [encoder.push(pcm[start:start + step]) for start in range(0, len(pcm), step)]
+    pieces = [encoder.push(pcm[start : start + step]) for start in range(0, len(pcm), step)]
     pieces.append(encoder.flush())
     streamed = np.concatenate(pieces, axis=1)
     agreement = float((streamed == grid.codes).mean())
@@ -74,15 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     assert agreement >= 0.99, f"streamed codes agree with batch on only {agreement:.4%}"
 
     decoder = codec.stream_decoder("0-7")
-    streamed_pcm = np.concatenate([decoder.push(grid.codes[:, t:t + 1]) for t in range(grid.num_frames)])
+    streamed_pcm = np.concatenate([decoder.push(grid.codes[:, t : t + 1]) for t in range(grid.num_frames)])
     batch_pcm = codec.decode(grid, "0-7")
-    error = float(np.linalg.norm(streamed_pcm[:len(pcm)] - batch_pcm) / max(np.linalg.norm(batch_pcm), 1e-12))
+    error = float(np.linalg.norm(streamed_pcm[: len(pcm)] - batch_pcm) / max(np.linalg.norm(batch_pcm), 1e-12))
     assert error <= 1e-5, f"streamed decode differs from batch: relative L2 {error:.2e}"
 
     assert sys.modules.get("torch") is None, "torch was imported"
-    print(f"ok: {source}, {len(pcm) / codec.sample_rate:.2f} s, {grid.num_frames} frames x {grid.num_levels} levels; "
-          f"load {loaded:.2f} s, encode {encoded:.2f} s; stream==batch codes {agreement:.2%}, decode rel L2 "
-          f"{error:.1e}; torch not importable")
+    print(
+        f"ok: {source}, {len(pcm) / codec.sample_rate:.2f} s, {grid.num_frames} frames x {grid.num_levels} levels; "
+        f"load {loaded:.2f} s, encode {encoded:.2f} s; stream==batch codes {agreement:.2%}, decode rel L2 "
+        f"{error:.1e}; torch not importable"
+    )
     return 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mimistack import analysis, metrics
-from mimistack.analysis import AnalysisError, SweepResult
+from mimistack.analysis import AnalysisError, SweepResult, scoring
 from mimistack.audio import load_audio
 from mimistack.codec import Codec
 from mimistack.levels import Levels
@@ -28,16 +28,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def clip(speech: list[Path]) -> np.ndarray:
-    return load_audio(speech[0])[:round(SECONDS * 24_000)]
+    return load_audio(speech[0])[: round(SECONDS * 24_000)]
 
 
 @pytest.fixture(scope="module")
 def swept(tiny_codec: Codec, clip: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> SweepResult:
     pytest.importorskip("matplotlib")
     calls: list[tuple[int, int, str]] = []
-    result = analysis.sweep(tiny_codec, clip, out_dir=tmp_path_factory.mktemp("sweep") / "report",
-                            metrics=SWEEP_METRICS, input_name="clip.wav",
-                            progress=lambda done, total, label: calls.append((done, total, label)))
+    result = analysis.sweep(
+        tiny_codec,
+        clip,
+        out_dir=tmp_path_factory.mktemp("sweep") / "report",
+        metrics=SWEEP_METRICS,
+        input_name="clip.wav",
+        progress=lambda done, total, label: calls.append((done, total, label)),
+    )
     assert calls[0] == (0, 96, "prefix_01") and calls[-1] == (96, 96, "done")
     return result
 
@@ -47,8 +52,11 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-EXPECTED_NAMES = ([f"prefix_{n:02d}" for n in range(1, 33)] + [f"solo_{n:02d}" for n in range(32)]
-                  + [f"without_{n:02d}" for n in range(32)])
+EXPECTED_NAMES = (
+    [f"prefix_{n:02d}" for n in range(1, 33)]
+    + [f"solo_{n:02d}" for n in range(32)]
+    + [f"without_{n:02d}" for n in range(32)]
+)
 
 
 def test_sweep_settings_cover_prefixes_solos_and_leave_outs() -> None:
@@ -74,11 +82,13 @@ def test_sweep_csv_lists_every_setting_with_its_bitrate(swept: SweepResult, tiny
         for name in SWEEP_METRICS:
             assert math.isfinite(float(row[name]))
     assert {row["levels"] for row in rows if row["setting"].startswith("without")} == {
-        str(Levels(tuple(i for i in range(32) if i != n))) for n in range(32)}
+        str(Levels(tuple(i for i in range(32) if i != n))) for n in range(32)
+    }
 
 
-def test_sweep_scores_are_the_metrics_of_the_decoded_audio(swept: SweepResult, tiny_codec: Codec,
-                                                           clip: np.ndarray) -> None:
+def test_sweep_scores_are_the_metrics_of_the_decoded_audio(
+    swept: SweepResult, tiny_codec: Codec, clip: np.ndarray
+) -> None:
     grid = tiny_codec.encode(clip)
     for name, levels in (("prefix_32", "all"), ("solo_07", "7"), ("without_00", "1-31")):
         expected = metrics.evaluate(clip, tiny_codec.decode(grid, levels), metrics=SWEEP_METRICS)
@@ -118,8 +128,9 @@ def test_sweep_markdown_has_three_tables_and_the_weights(swept: SweepResult) -> 
     assert TokenGrid.load(swept.out_dir / "tokens.mimi").num_frames == math.ceil(SECONDS * 12.5)
 
 
-def test_sweep_refuses_a_folder_in_use_and_unknown_metrics(tiny_codec: Codec, clip: np.ndarray,
-                                                           swept: SweepResult, tmp_path: Path) -> None:
+def test_sweep_refuses_a_folder_in_use_and_unknown_metrics(
+    tiny_codec: Codec, clip: np.ndarray, swept: SweepResult, tmp_path: Path
+) -> None:
     with pytest.raises(AnalysisError, match="not empty"):
         analysis.sweep(tiny_codec, clip, out_dir=swept.out_dir, metrics=("snr",))
     with pytest.raises(AnalysisError, match="unknown metric"):
@@ -130,10 +141,15 @@ def test_sweep_refuses_a_folder_in_use_and_unknown_metrics(tiny_codec: Codec, cl
 
 
 def test_reference_text_adds_the_word_error_rate() -> None:
-    assert analysis._resolve_metrics(None, None) == analysis.DEFAULT_SWEEP_METRICS
-    assert analysis._resolve_metrics(("snr",), "the words")[-1] == "word_error_rate"
-    assert analysis._metric_columns(("snr", "dnsmos")) == (
-        "snr", "dnsmos_overall", "dnsmos_signal", "dnsmos_background", "dnsmos_p808")
+    assert scoring.resolve_metrics(None, None) == analysis.DEFAULT_SWEEP_METRICS
+    assert scoring.resolve_metrics(("snr",), "the words")[-1] == "word_error_rate"
+    assert scoring.metric_columns(("snr", "dnsmos")) == (
+        "snr",
+        "dnsmos_overall",
+        "dnsmos_signal",
+        "dnsmos_background",
+        "dnsmos_p808",
+    )
 
 
 def test_random_weights_are_recognised(tiny_codec: Codec, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -154,8 +170,7 @@ def test_stats_report_matches_the_statistics(tmp_path: Path) -> None:
     codes = np.zeros((32, 4), dtype=np.uint16)
     codes[0] = [0, 0, 1, 2]
     codes[1] = [3, 3, 3, 3]
-    grid = TokenGrid(codes=codes, num_samples=4 * 1920, codebook_size=8, weights_sha256="c" * 64,
-                     levels_present=(0, 1))
+    grid = TokenGrid(codes=codes, num_samples=4 * 1920, codebook_size=8, weights_sha256="c" * 64, levels_present=(0, 1))
     stats = analysis.level_stats([grid, grid])
     files = analysis.write_stats_report(stats, tmp_path / "stats", weights_label="crafted", random_weights=True)
     rows = _csv_rows(files["csv"])
@@ -177,7 +192,7 @@ def test_prefix_quality_averages_per_prefix(tiny_codec: Codec, speech: list[Path
         path = tmp_path / f"clip{index}.wav"
         from mimistack.audio import save_audio
 
-        save_audio(path, load_audio(source)[:24_000 + 500 * index])
+        save_audio(path, load_audio(source)[: 24_000 + 500 * index])
         clips.append(path)
     pytest.importorskip("pystoi")
     pytest.importorskip("pesq")
@@ -186,8 +201,9 @@ def test_prefix_quality_averages_per_prefix(tiny_codec: Codec, speech: list[Path
     expected = []
     for path in clips:
         pcm = load_audio(path)
-        expected.append(metrics.evaluate(pcm, tiny_codec.decode(tiny_codec.encode(pcm), "0"),
-                                         metrics=("snr", "stoi", "pesq_wb")))
+        expected.append(
+            metrics.evaluate(pcm, tiny_codec.decode(tiny_codec.encode(pcm), "0"), metrics=("snr", "stoi", "pesq_wb"))
+        )
     for name in ("snr", "stoi", "pesq_wb"):
         values = [getattr(result, name) for result in expected]
         assert table.mean(1, name) == (pytest.approx(np.mean(values)), pytest.approx(np.std(values)), 2)

@@ -79,8 +79,7 @@ def test_44k_stereo_is_mixed_to_mono_and_resampled(tmp_path: Path) -> None:
     spectrum = np.abs(np.fft.rfft(pcm[:24_000])) / 12_000
     assert spectrum[440] == pytest.approx(0.25, abs=0.01) and spectrum[220] == pytest.approx(0.125, abs=0.01)
     for chunk_seconds in (0.05, 0.3):
-        np.testing.assert_allclose(np.concatenate(list(iter_audio(path, chunk_seconds=chunk_seconds))), pcm,
-                                   atol=1e-6)
+        np.testing.assert_allclose(np.concatenate(list(iter_audio(path, chunk_seconds=chunk_seconds))), pcm, atol=1e-6)
 
 
 def test_8k_audio_is_upsampled(tmp_path: Path) -> None:
@@ -101,8 +100,9 @@ def test_ogg_vorbis_through_soundfile(tmp_path: Path) -> None:
     assert abs(pcm.shape[0] - 24_000) <= 1 and peak_frequency(pcm) == pytest.approx(440, abs=1)
 
 
-@pytest.mark.parametrize(("suffix", "codec", "rate"), [
-    (".mp3", "libmp3lame", 44_100), (".opus", "libopus", 48_000), (".m4a", "aac", 44_100)])
+@pytest.mark.parametrize(
+    ("suffix", "codec", "rate"), [(".mp3", "libmp3lame", 44_100), (".opus", "libopus", 48_000), (".m4a", "aac", 44_100)]
+)
 def test_compressed_formats_through_pyav(tmp_path: Path, suffix: str, codec: str, rate: int) -> None:
     path = encode_with_pyav(tmp_path / f"a{suffix}", codec, rate, tone(rate, 2.0, channels=2))
     info = audio_info(path)
@@ -180,8 +180,11 @@ def test_non_finite_samples_are_rejected(tmp_path: Path, bad: float) -> None:
     samples = np.zeros(48_000, dtype=np.float32)
     samples[30_000] = bad
     soundfile.write(path, samples, 24_000, subtype="FLOAT")
-    with pytest.raises(AudioError, match=r"bad\.wav: 1 sample\(s\) are NaN or infinite, the first at sample 30000 "
-                                         r"\(1\.250 s\)"):
+    with pytest.raises(
+        AudioError,
+        match=r"bad\.wav: 1 sample\(s\) are NaN or infinite, the first at sample 30000 "
+        r"\(1\.250 s\)",
+    ):
         load_audio(path)
 
 
@@ -197,16 +200,23 @@ def test_validate_pcm_converts_and_checks() -> None:
     out = validate_pcm(np.linspace(-1, 1, 5))
     assert out.dtype == np.float32 and out.shape == (5,) and out.flags.c_contiguous
     assert validate_pcm(np.zeros((1, 1, 7))).shape == (7,)
-    for bad, message in [(np.zeros((2, 5)), r"mono \[N\]"), (np.float32(0.5), r"mono \[N\]"),
-                         (np.zeros(0), "no samples"), (np.array([0.0, np.nan]), "NaN"),
-                         (np.array([1, 2], dtype=np.int16), "floating point"), (["a"], "floating point")]:
+    for bad, message in [
+        (np.zeros((2, 5)), r"mono \[N\]"),
+        (np.float32(0.5), r"mono \[N\]"),
+        (np.zeros(0), "no samples"),
+        (np.array([0.0, np.nan]), "NaN"),
+        (np.array([1, 2], dtype=np.int16), "floating point"),
+        (["a"], "floating point"),
+    ]:
         with pytest.raises(AudioError, match=message):
             validate_pcm(bad)
 
 
 # -- saving -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "subtype", "tolerance"), [
-    ("a.wav", None, 1 / 32_768), ("a.wav", "FLOAT", 0.0), ("a.flac", None, 1 / 32_768), ("a.flac", "PCM_24", 1e-6)])
+@pytest.mark.parametrize(
+    ("name", "subtype", "tolerance"),
+    [("a.wav", None, 1 / 32_768), ("a.wav", "FLOAT", 0.0), ("a.flac", None, 1 / 32_768), ("a.flac", "PCM_24", 1e-6)],
+)
 def test_save_audio_round_trip(tmp_path: Path, name: str, subtype: str | None, tolerance: float) -> None:
     pcm = tone(24_000, 0.5)[:, 0]
     path = save_audio(tmp_path / name, pcm, subtype=subtype)
@@ -249,7 +259,7 @@ def test_audio_writer_writes_incrementally_and_atomically(tmp_path: Path) -> Non
     path = tmp_path / "stream.flac"
     with AudioWriter(path) as writer:
         for start in range(0, pcm.shape[0], 7_000):
-            writer.write(pcm[start:start + 7_000])
+            writer.write(pcm[start : start + 7_000])
             assert not path.exists()
         writer.write(np.zeros(0, dtype=np.float32))
     assert writer.num_samples == 24_000

@@ -24,8 +24,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_encode_info_decode_round_trip(tmp_path: Path, speech: list[Path], weights: list[str],
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_encode_info_decode_round_trip(
+    tmp_path: Path, speech: list[Path], weights: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     tokens = tmp_path / "a.mimi"
     code, out, _ = run(capsys, "encode", str(speech[0]), "-o", str(tokens), *weights, "-q")
     assert code == 0 and "32 levels" in out
@@ -46,8 +47,9 @@ def test_encode_info_decode_round_trip(tmp_path: Path, speech: list[Path], weigh
     assert rate == 24000 and len(decoded) == grid.num_samples
 
 
-def test_refuses_to_overwrite_without_force(tmp_path: Path, speech: list[Path], weights: list[str],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_to_overwrite_without_force(
+    tmp_path: Path, speech: list[Path], weights: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "a.mimi"
     target.write_bytes(b"precious")
     code, _, err = run(capsys, "encode", str(speech[0]), "-o", str(target), *weights, "-q")
@@ -60,15 +62,20 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path, speech: list[Path], 
     ("make", "message"),
     [
         pytest.param(lambda p: p.write_text("hello, not audio"), "not a readable audio file", id="text"),
-        pytest.param(lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "not a readable audio",
-                     id="random-bytes"),
+        pytest.param(
+            lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "not a readable audio", id="random-bytes"
+        ),
         pytest.param(lambda p: soundfile.write(str(p), np.zeros(0, dtype=np.float32), 24000), "no", id="empty"),
-        pytest.param(lambda p: soundfile.write(str(p), np.array([0.1, np.nan] * 100, dtype=np.float32), 24000,
-                                               subtype="FLOAT"), "NaN", id="nan"),
+        pytest.param(
+            lambda p: soundfile.write(str(p), np.array([0.1, np.nan] * 100, dtype=np.float32), 24000, subtype="FLOAT"),
+            "NaN",
+            id="nan",
+        ),
     ],
 )
-def test_bad_audio_gets_a_clear_error_and_no_output(tmp_path: Path, weights: list[str], make, message: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_audio_gets_a_clear_error_and_no_output(
+    tmp_path: Path, weights: list[str], make, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = tmp_path / "in.wav"
     make(source)
     target = tmp_path / "out.mimi"
@@ -77,8 +84,9 @@ def test_bad_audio_gets_a_clear_error_and_no_output(tmp_path: Path, weights: lis
     assert list(tmp_path.iterdir()) == [source]  # nothing written, not even a temporary file
 
 
-def test_missing_input_and_bad_levels(tmp_path: Path, weights: list[str], speech: list[Path],
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_input_and_bad_levels(
+    tmp_path: Path, weights: list[str], speech: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run(capsys, "encode", str(tmp_path / "nope.wav"), "-o", str(tmp_path / "x.mimi"), *weights)
     assert code == 2 and "not found" in err
     tokens = tmp_path / "a.mimi"
@@ -87,8 +95,9 @@ def test_missing_input_and_bad_levels(tmp_path: Path, weights: list[str], speech
     assert code == 2 and "out of range" in err and not (tmp_path / "x.wav").exists()
 
 
-def test_truncated_file_decodes_the_levels_it_holds(tmp_path: Path, speech: list[Path], weights: list[str],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_file_decodes_the_levels_it_holds(
+    tmp_path: Path, speech: list[Path], weights: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     tokens, small = tmp_path / "a.mimi", tmp_path / "small.mimi"
     assert run(capsys, "encode", str(speech[1]), "-o", str(tokens), *weights, "-q")[0] == 0
     assert run(capsys, "truncate", str(tokens), "--levels", "0-7", "-o", str(small))[0] == 0
@@ -99,10 +108,12 @@ def test_truncated_file_decodes_the_levels_it_holds(tmp_path: Path, speech: list
     assert code == 0 and f"levels 0-7 ({TokenGrid.load(small).bitrate('0-7'):.0f} bit/s)" in out
 
 
-def test_roundtrip_and_demo(tmp_path: Path, speech: list[Path], weights: list[str],
-                            capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, _ = run(capsys, "roundtrip", str(speech[2]), "-o", str(tmp_path / "r.wav"), "--levels", "0-7",
-                     *weights, "-q")
+def test_roundtrip_and_demo(
+    tmp_path: Path, speech: list[Path], weights: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, _ = run(
+        capsys, "roundtrip", str(speech[2]), "-o", str(tmp_path / "r.wav"), "--levels", "0-7", *weights, "-q"
+    )
     assert code == 0 and soundfile.info(str(tmp_path / "r.wav")).frames == soundfile.info(str(speech[2])).frames
     demo = tmp_path / "demo"
     code, _, _ = run(capsys, "demo", str(speech[2]), "-o", str(demo), *weights, "-q")

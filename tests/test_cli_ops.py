@@ -27,8 +27,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, speech: list[Path], tiny_che
     save_audio(paths["b_wav"], load_audio(speech[1])[:20_000])  # 11 frames
     for name in ("a", "b"):
         paths[name] = folder / f"{name}.mimi"
-        assert main(["encode", str(paths[f"{name}_wav"]), "-o", str(paths[name]), "--weights", str(tiny_checkpoint),
-                     "-q"]) == 0
+        assert (
+            main(["encode", str(paths[f"{name}_wav"]), "-o", str(paths[name]), "--weights", str(tiny_checkpoint), "-q"])
+            == 0
+        )
     foreign = TokenGrid.load(paths["b"]).replace(weights_sha256="f" * 64)
     paths["foreign"] = foreign.save(folder / "foreign.mimi")
     return paths
@@ -45,20 +47,41 @@ def weights(checkpoint: Path) -> list[str]:
 
 
 # -- surgery -----------------------------------------------------------------------------------------------------
-def test_swap_to_wav_has_a_length(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                  tiny_checkpoint: Path, tmp_path: Path) -> None:
-    code, out, err = run(capsys, "swap", files["a"], files["b"], "-o", tmp_path / "s.wav", "--length", "stretch",
-                         *weights(tiny_checkpoint))
+def test_swap_to_wav_has_a_length(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code, out, err = run(
+        capsys,
+        "swap",
+        files["a"],
+        files["b"],
+        "-o",
+        tmp_path / "s.wav",
+        "--length",
+        "stretch",
+        *weights(tiny_checkpoint),
+    )
     assert code == 0, err
     assert "length: stretch" in out
     assert load_audio(tmp_path / "s.wav").shape == (30_000,)
 
 
-def test_swap_audio_inputs_to_mimi_with_the_shortest_length(capsys: pytest.CaptureFixture[str],
-                                                            files: dict[str, Path], tiny_checkpoint: Path,
-                                                            tmp_path: Path) -> None:
-    code, _, err = run(capsys, "swap", files["a_wav"], files["b_wav"], "-o", tmp_path / "s.mimi", "--from-b", "4-31",
-                       "--length", "shortest", *weights(tiny_checkpoint))
+def test_swap_audio_inputs_to_mimi_with_the_shortest_length(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys,
+        "swap",
+        files["a_wav"],
+        files["b_wav"],
+        "-o",
+        tmp_path / "s.mimi",
+        "--from-b",
+        "4-31",
+        "--length",
+        "shortest",
+        *weights(tiny_checkpoint),
+    )
     assert code == 0, err
     swapped, a, b = (TokenGrid.load(p) for p in (tmp_path / "s.mimi", files["a"], files["b"]))
     assert swapped.num_frames == b.num_frames == 11
@@ -67,10 +90,12 @@ def test_swap_audio_inputs_to_mimi_with_the_shortest_length(capsys: pytest.Captu
     assert swapped.metadata["operation"] == {"name": "swap", "levels_from_b": "4-31", "length": "shortest"}
 
 
-def test_swap_refuses_tokens_from_other_weights(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                                tiny_checkpoint: Path, tmp_path: Path) -> None:
-    code, _, err = run(capsys, "swap", files["a"], files["foreign"], "-o", tmp_path / "s.wav",
-                       *weights(tiny_checkpoint))
+def test_swap_refuses_tokens_from_other_weights(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys, "swap", files["a"], files["foreign"], "-o", tmp_path / "s.wav", *weights(tiny_checkpoint)
+    )
     assert code == 2
     assert "foreign.mimi was encoded with weights ffffffffffff" in err and "--mix-weights" in err
     assert not (tmp_path / "s.wav").exists()
@@ -80,33 +105,51 @@ def test_swap_refuses_tokens_from_other_weights(capsys: pytest.CaptureFixture[st
     assert code == 0, err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    pytest.param(["swap", "{missing}", "{b}", "-o", "{out}.mimi"], "input file not found", id="missing-file"),
-    pytest.param(["swap", "{a}", "{b}", "-o", "{out}.mimi", "--from-b", "1-40"], "out of range", id="bad-levels"),
-    pytest.param(["swap", "{a}", "{b}", "-o", "{out}.mimi", "--from-b", "x"], "cannot parse", id="unparsable"),
-    pytest.param(["swap", "{a}", "{b}", "-o", "{out}.mp3"], "output must end in .mimi", id="bad-output"),
-    pytest.param(["keep", "{a}", "--levels", "40", "-o", "{out}.mimi"], "out of range", id="keep-out-of-range"),
-    pytest.param(["keep", "{a_wav}", "--levels", "0-7", "-o", "{out}.mimi"], "not a .mimi", id="keep-audio"),
-    pytest.param(["drop", "{a}", "--levels", "0-7", "-o", "{out}.wav"], "must end in .mimi", id="drop-to-wav"),
-    pytest.param(["splice", "{a}", "{foreign}", "-o", "{out}.mimi"], "different weights", id="splice-weights"),
-    pytest.param(["keep", "{a}", "--levels", "0-7", "-o", "{b}"], "exists; pass --force", id="no-overwrite"),
-    pytest.param(["anonymize", "{a}", "-o", "{out}.mimi"], "--voice TARGET or --random", id="no-source"),
-    pytest.param(["anonymize", "{a}", "-o", "{out}.mimi", "--voice", "{b}", "--random"], "exclude each other",
-                 id="two-sources"),
-    pytest.param(["anonymize", "{a}", "-o", "{out}.mimi", "--seed", "3"], "only apply to --random", id="stray-seed"),
-    pytest.param(["anonymize", "{a}", "-o", "{out}.mimi", "--random", "--levels", "0-99"], "out of range",
-                 id="anonymize-levels"),
-    pytest.param(["sweep", "{a}", "-o", "{out}"], "give the audio file", id="sweep-mimi"),
-    pytest.param(["sweep", "{a_wav}", "-o", "{out}", "--metrics", "loudness"], "unknown metric",
-                 id="sweep-metric"),
-    pytest.param(["quality", "{a_wav}", "-o", "{out}", "--prefixes", "8,x"], "--prefixes", id="quality-prefixes"),
-    pytest.param(["quality", "{out}", "-o", "{out}q"], "input file not found", id="quality-missing"),
-])
-def test_bad_input_exits_2_with_a_message(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                          tiny_checkpoint: Path, tmp_path: Path, argv: list[str],
-                                          message: str) -> None:
-    names = {**{k: str(v) for k, v in files.items()}, "missing": str(tmp_path / "missing.wav"),
-             "out": str(tmp_path / "out")}
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["swap", "{missing}", "{b}", "-o", "{out}.mimi"], "input file not found", id="missing-file"),
+        pytest.param(["swap", "{a}", "{b}", "-o", "{out}.mimi", "--from-b", "1-40"], "out of range", id="bad-levels"),
+        pytest.param(["swap", "{a}", "{b}", "-o", "{out}.mimi", "--from-b", "x"], "cannot parse", id="unparsable"),
+        pytest.param(["swap", "{a}", "{b}", "-o", "{out}.mp3"], "output must end in .mimi", id="bad-output"),
+        pytest.param(["keep", "{a}", "--levels", "40", "-o", "{out}.mimi"], "out of range", id="keep-out-of-range"),
+        pytest.param(["keep", "{a_wav}", "--levels", "0-7", "-o", "{out}.mimi"], "not a .mimi", id="keep-audio"),
+        pytest.param(["drop", "{a}", "--levels", "0-7", "-o", "{out}.wav"], "must end in .mimi", id="drop-to-wav"),
+        pytest.param(["splice", "{a}", "{foreign}", "-o", "{out}.mimi"], "different weights", id="splice-weights"),
+        pytest.param(["keep", "{a}", "--levels", "0-7", "-o", "{b}"], "exists; pass --force", id="no-overwrite"),
+        pytest.param(["anonymize", "{a}", "-o", "{out}.mimi"], "--voice TARGET or --random", id="no-source"),
+        pytest.param(
+            ["anonymize", "{a}", "-o", "{out}.mimi", "--voice", "{b}", "--random"],
+            "exclude each other",
+            id="two-sources",
+        ),
+        pytest.param(
+            ["anonymize", "{a}", "-o", "{out}.mimi", "--seed", "3"], "only apply to --random", id="stray-seed"
+        ),
+        pytest.param(
+            ["anonymize", "{a}", "-o", "{out}.mimi", "--random", "--levels", "0-99"],
+            "out of range",
+            id="anonymize-levels",
+        ),
+        pytest.param(["sweep", "{a}", "-o", "{out}"], "give the audio file", id="sweep-mimi"),
+        pytest.param(["sweep", "{a_wav}", "-o", "{out}", "--metrics", "loudness"], "unknown metric", id="sweep-metric"),
+        pytest.param(["quality", "{a_wav}", "-o", "{out}", "--prefixes", "8,x"], "--prefixes", id="quality-prefixes"),
+        pytest.param(["quality", "{out}", "-o", "{out}q"], "input file not found", id="quality-missing"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, Path],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    argv: list[str],
+    message: str,
+) -> None:
+    names = {
+        **{k: str(v) for k, v in files.items()},
+        "missing": str(tmp_path / "missing.wav"),
+        "out": str(tmp_path / "out"),
+    }
     args = [item.format(**names) for item in argv]
     if args[0] in ("swap", "anonymize", "sweep", "quality"):
         args += weights(tiny_checkpoint)
@@ -131,15 +174,25 @@ def test_keep_drop_and_splice(capsys: pytest.CaptureFixture[str], files: dict[st
     assert code == 2 and "different levels" in err
 
 
-def test_anonymize_random_is_reproducible_with_a_seed(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                                      tmp_path: Path) -> None:
+def test_anonymize_random_is_reproducible_with_a_seed(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tmp_path: Path
+) -> None:
     for name in ("one", "two"):
-        code, out, err = run(capsys, "anonymize", files["a"], "-o", tmp_path / f"{name}.mimi", "--random", "--seed",
-                             "5", "--stats", files["b"])
+        code, out, err = run(
+            capsys,
+            "anonymize",
+            files["a"],
+            "-o",
+            tmp_path / f"{name}.mimi",
+            "--random",
+            "--seed",
+            "5",
+            "--stats",
+            files["b"],
+        )
         assert code == 0, err
         assert "seed 5" in out and "level statistics of 1 file(s)" in out
-    one, two, a, b = (TokenGrid.load(p) for p in (tmp_path / "one.mimi", tmp_path / "two.mimi", files["a"],
-                                                  files["b"]))
+    one, two, a, b = (TokenGrid.load(p) for p in (tmp_path / "one.mimi", tmp_path / "two.mimi", files["a"], files["b"]))
     assert one == two
     assert np.array_equal(one.codes[0], a.codes[0])
     for level in (1, 17, 31):  # drawn from B's per-level statistics: only tokens B used at that level
@@ -148,20 +201,41 @@ def test_anonymize_random_is_reproducible_with_a_seed(capsys: pytest.CaptureFixt
     assert code == 0 and "uniform, seed " in out
 
 
-def test_anonymize_with_a_voice_to_wav(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                       tiny_checkpoint: Path, tmp_path: Path) -> None:
-    code, _, err = run(capsys, "anonymize", files["a_wav"], "-o", tmp_path / "anon.wav", "--voice", files["b"],
-                       *weights(tiny_checkpoint))
+def test_anonymize_with_a_voice_to_wav(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys,
+        "anonymize",
+        files["a_wav"],
+        "-o",
+        tmp_path / "anon.wav",
+        "--voice",
+        files["b"],
+        *weights(tiny_checkpoint),
+    )
     assert code == 0, err
     assert load_audio(tmp_path / "anon.wav").shape == (30_000,)
 
 
 # -- analysis ----------------------------------------------------------------------------------------------------
-def test_sweep_command_writes_the_full_report(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                              tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_sweep_command_writes_the_full_report(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     out_dir = tmp_path / "sweep"
-    code, out, err = run(capsys, "sweep", files["a_wav"], "-o", out_dir, "--metrics", "snr", "--no-plots",
-                         "--max-seconds", "0.5", *weights(tiny_checkpoint))
+    code, out, err = run(
+        capsys,
+        "sweep",
+        files["a_wav"],
+        "-o",
+        out_dir,
+        "--metrics",
+        "snr",
+        "--no-plots",
+        "--max-seconds",
+        "0.5",
+        *weights(tiny_checkpoint),
+    )
     assert code == 0, err
     assert "96 settings" in out and "RANDOM WEIGHTS" in err
     with (out_dir / "results.csv").open(newline="") as handle:
@@ -173,10 +247,12 @@ def test_sweep_command_writes_the_full_report(capsys: pytest.CaptureFixture[str]
     assert code == 2 and "not empty; pass --force" in err
 
 
-def test_stats_command_reads_mimi_and_encodes_audio(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                                    tiny_checkpoint: Path, tmp_path: Path) -> None:
-    code, out, err = run(capsys, "stats", files["a"], files["b_wav"], "-o", tmp_path / "stats",
-                         *weights(tiny_checkpoint))
+def test_stats_command_reads_mimi_and_encodes_audio(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code, out, err = run(
+        capsys, "stats", files["a"], files["b_wav"], "-o", tmp_path / "stats", *weights(tiny_checkpoint)
+    )
     assert code == 0, err
     assert "2 file(s), 27 frames" in out and "RANDOM WEIGHTS" in err
     text = (tmp_path / "stats" / "stats.md").read_text()
@@ -185,10 +261,23 @@ def test_stats_command_reads_mimi_and_encodes_audio(capsys: pytest.CaptureFixtur
     assert code == 2 and "different weights" in err
 
 
-def test_quality_command_finds_audio_in_folders(capsys: pytest.CaptureFixture[str], files: dict[str, Path],
-                                                tiny_checkpoint: Path, tmp_path: Path) -> None:
-    code, out, err = run(capsys, "quality", files["a_wav"].parent, "-o", tmp_path / "q", "--prefixes", "1,32",
-                         "--metrics", "snr", "--limit", "1", *weights(tiny_checkpoint))
+def test_quality_command_finds_audio_in_folders(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code, out, err = run(
+        capsys,
+        "quality",
+        files["a_wav"].parent,
+        "-o",
+        tmp_path / "q",
+        "--prefixes",
+        "1,32",
+        "--metrics",
+        "snr",
+        "--limit",
+        "1",
+        *weights(tiny_checkpoint),
+    )
     assert code == 0, err
     assert "1 file(s)" in out and "| 32 |" in out
     with (tmp_path / "q" / "quality_per_file.csv").open(newline="") as handle:

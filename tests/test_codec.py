@@ -93,7 +93,7 @@ def test_stream_encoder_any_chunk_sizes_equal_batch(tiny_codec: Codec, signal: n
     position, emitted = 0, []
     while position < len(signal):
         size = int(rng.integers(1, 5000))
-        codes = encoder.push(signal[position:position + size])
+        codes = encoder.push(signal[position : position + size])
         assert codes.shape[0] == 32
         # A frame is emitted as soon as it is complete, never earlier.
         assert encoder.frames_emitted == min(position + size, len(signal)) // 1920
@@ -109,7 +109,7 @@ def test_stream_encoder_any_chunk_sizes_equal_batch(tiny_codec: Codec, signal: n
 def test_stream_decoder_equals_batch_and_follows_level_changes(tiny_codec: Codec, signal: np.ndarray) -> None:
     grid = tiny_codec.encode(signal)
     decoder = tiny_codec.stream_decoder("0-7")
-    out = np.concatenate([decoder.push(grid.codes[:, i:i + 2]) for i in range(0, grid.num_frames, 2)])
+    out = np.concatenate([decoder.push(grid.codes[:, i : i + 2]) for i in range(0, grid.num_frames, 2)])
     expected = tiny_codec.decode(grid, "0-7")
     assert np.linalg.norm(out[: len(signal)] - expected) / np.linalg.norm(expected) < 1e-5
     # Changing levels mid-stream equals decoding a latent whose frames use different level sets.
@@ -218,8 +218,9 @@ def test_torch_tensors_in_give_torch_tensors_out(tiny_codec: Codec, signal: np.n
         tiny_codec.decode_codes(torch.zeros(32, 2), "0-7")
 
 
-def test_encode_file_equals_encode_and_respects_a_length_limit(tiny_codec: Codec, speech: list[Path],
-                                                               tmp_path: Path) -> None:
+def test_encode_file_equals_encode_and_respects_a_length_limit(
+    tiny_codec: Codec, speech: list[Path], tmp_path: Path
+) -> None:
     from mimistack.audio import load_audio
     from mimistack.codec import AudioTooLongError
 

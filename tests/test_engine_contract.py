@@ -77,8 +77,9 @@ def clause_shapes(engine: Engine, exact: bool) -> None:
     codes, _ = engine.encode(pcm_frames(config, 3), engine.init_encoder_state(2, "window"), "window")
     assert codes.shape == (2, config.num_levels, 3) and np.issubdtype(codes.dtype, np.integer)
     assert codes.min() >= 0 and codes.max() < config.codebook_size
-    pcm, _ = engine.decode(codes.astype(np.int64), Levels.all(config.num_levels),
-                           engine.init_decoder_state(2, "window"), "window")
+    pcm, _ = engine.decode(
+        codes.astype(np.int64), Levels.all(config.num_levels), engine.init_decoder_state(2, "window"), "window"
+    )
     assert pcm.shape == (2, 1, 3 * config.frame_size) and pcm.dtype == np.float32 and np.isfinite(pcm).all()
     buffer = engine.host_buffer((2, 1, config.frame_size))
     assert buffer.shape == (2, 1, config.frame_size) and buffer.dtype == np.float32
@@ -90,7 +91,7 @@ def clause_streaming_equals_batch(engine: Engine, exact: bool) -> None:
     whole, _ = engine.encode(pcm, engine.init_encoder_state(2, "window"), "window")
     state, parts = engine.init_encoder_state(2, "window"), []
     for start, stop in ((0, 1), (1, 4), (4, 5), (5, FRAMES)):
-        part, state = engine.encode(pcm[..., start * config.frame_size:stop * config.frame_size], state, "window")
+        part, state = engine.encode(pcm[..., start * config.frame_size : stop * config.frame_size], state, "window")
         parts.append(part)
     agree(np.concatenate(parts, -1), whole, exact)
     levels = Levels.prefix(8, config.num_levels)
@@ -121,9 +122,9 @@ def clause_states_are_not_shared(engine: Engine, exact: bool) -> None:
     """A call never changes the state it was given, and two sessions interleaved equal each run alone."""
     config = engine.config
     pcm = pcm_frames(config, 6, seed=4)
-    first, state = engine.encode(pcm[..., :2 * config.frame_size], engine.init_encoder_state(2, "window"), "window")
-    again_a, _ = engine.encode(pcm[..., 2 * config.frame_size:], state, "window")
-    again_b, _ = engine.encode(pcm[..., 2 * config.frame_size:], state, "window")
+    first, state = engine.encode(pcm[..., : 2 * config.frame_size], engine.init_encoder_state(2, "window"), "window")
+    again_a, _ = engine.encode(pcm[..., 2 * config.frame_size :], state, "window")
+    again_b, _ = engine.encode(pcm[..., 2 * config.frame_size :], state, "window")
     np.testing.assert_array_equal(again_a, again_b)
     other = pcm_frames(config, 6, seed=9)
     alone, _ = engine.encode(other, engine.init_encoder_state(2, "window"), "window")
@@ -172,8 +173,14 @@ def clause_cache_modes_are_one_vocabulary(engine: Engine, exact: bool) -> None:
 
 
 CLAUSES: list[Callable[[Engine, bool], None]] = [
-    clause_shapes, clause_streaming_equals_batch, clause_levels_left_out_are_ignored, clause_states_are_not_shared,
-    clause_whole_path_is_the_same_function, clause_codec_chunk_boundaries, clause_cache_modes_are_one_vocabulary]
+    clause_shapes,
+    clause_streaming_equals_batch,
+    clause_levels_left_out_are_ignored,
+    clause_states_are_not_shared,
+    clause_whole_path_is_the_same_function,
+    clause_codec_chunk_boundaries,
+    clause_cache_modes_are_one_vocabulary,
+]
 
 
 @pytest.mark.parametrize("clause", CLAUSES, ids=[c.__name__.removeprefix("clause_") for c in CLAUSES])
@@ -182,7 +189,7 @@ def test_engine_honours_the_contract(subject: Subject, clause: Callable[[Engine,
 
 
 def test_moshi_mode_means_the_same_on_torch_and_onnx(tiny_checkpoint: Path, tiny_onnx_dir: Path) -> None:
-    """"moshi" is Kyutai's ring cache on every engine: past the context, torch and onnx streams agree with each
+    """ "moshi" is Kyutai's ring cache on every engine: past the context, torch and onnx streams agree with each
     other (and differ from "window")."""
     torch_engine = _engine("torch", tiny_checkpoint, tiny_onnx_dir).engine
     onnx_engine = _engine("onnx", tiny_checkpoint, tiny_onnx_dir).engine
@@ -192,7 +199,7 @@ def test_moshi_mode_means_the_same_on_torch_and_onnx(tiny_checkpoint: Path, tiny
         for mode in CACHE_MODES:
             state, parts = engine.init_encoder_state(1, mode), []
             for frame in range(FRAMES):
-                part, state = engine.encode(pcm[..., frame * 1920:(frame + 1) * 1920], state, mode)
+                part, state = engine.encode(pcm[..., frame * 1920 : (frame + 1) * 1920], state, mode)
                 parts.append(part)
             streams[name, mode] = np.concatenate(parts, -1)
     agree(streams["onnx", "moshi"], streams["torch", "moshi"], exact=False)
@@ -256,8 +263,7 @@ BROKEN = [
 
 
 @pytest.mark.parametrize(("broken", "clause"), BROKEN)
-def test_each_clause_catches_a_broken_engine(broken: type[FakeEngine],
-                                             clause: Callable[[Engine, bool], None]) -> None:
+def test_each_clause_catches_a_broken_engine(broken: type[FakeEngine], clause: Callable[[Engine, bool], None]) -> None:
     whole = 0 if clause is clause_codec_chunk_boundaries else 64  # chunking is only exercised without a whole path
     engine = broken(MimiConfig.tiny(), 3, whole_max_frames=whole)
     clause(FakeEngine.create("tiny", seed=3, whole_max_frames=whole), True)  # the honest fake passes

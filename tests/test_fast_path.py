@@ -83,8 +83,7 @@ def test_fast_codec_equals_the_exact_codec_in_float32(tiny_checkpoint: Path, tin
             assert float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12)) < 1e-5
 
 
-def test_fast_codec_falls_back_to_the_chunked_path_for_long_inputs(tiny_checkpoint: Path,
-                                                                    tiny_codec: Codec) -> None:
+def test_fast_codec_falls_back_to_the_chunked_path_for_long_inputs(tiny_checkpoint: Path, tiny_codec: Codec) -> None:
     codec = Codec.load(tiny_checkpoint, engine=TorchOptions(fast=True), chunk_frames=10)
     codec.engine.whole_max_frames = 8  # shorter than the input: the exact chunked path runs, fast path untouched
     calls: list[str] = []
@@ -142,8 +141,10 @@ def test_strict_fp32_switches_tf32_off_inside_and_restores_it() -> None:
 
 
 def test_loading_an_engine_leaves_process_wide_precision_settings_alone(tiny_checkpoint: Path) -> None:
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-              torch.backends.cudnn.benchmark)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     Codec.load(tiny_checkpoint, engine=TorchOptions(fast=True)).encode(synthetic_signal(0.5, seed=1))
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark) == before
+    assert (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    ) == before

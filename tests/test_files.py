@@ -45,8 +45,14 @@ def plain_open_mode(folder: Path) -> int:
 
 def grid() -> TokenGrid:
     codes = np.random.default_rng(0).integers(0, 2048, size=(32, 13)).astype(np.uint16)
-    return TokenGrid(codes=codes, num_samples=13 * 1920 - 100, sample_rate=24_000, frame_rate=12.5,
-                     codebook_size=2048, weights_sha256="ab" * 32)
+    return TokenGrid(
+        codes=codes,
+        num_samples=13 * 1920 - 100,
+        sample_rate=24_000,
+        frame_rate=12.5,
+        codebook_size=2048,
+        weights_sha256="ab" * 32,
+    )
 
 
 def test_every_writer_gives_the_mode_open_would(tmp_path: Path, umask: int) -> None:
@@ -73,8 +79,9 @@ def test_every_writer_gives_the_mode_open_would(tmp_path: Path, umask: int) -> N
     assert not [p for p in tmp_path.iterdir() if _files.TMP_MARK in p.name], "no temporary file is left behind"
 
 
-def test_cli_outputs_follow_the_umask(tmp_path: Path, umask: int, tiny_checkpoint: Path, speech: list[Path],
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_outputs_follow_the_umask(
+    tmp_path: Path, umask: int, tiny_checkpoint: Path, speech: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     weights = ["--weights", str(tiny_checkpoint), "-q", "--engine", "torch"]
     assert main(["encode", str(speech[0]), "-o", str(tmp_path / "x.mimi"), *weights]) == 0
     assert main(["decode", str(tmp_path / "x.mimi"), "-o", str(tmp_path / "x.wav"), "--levels", "0-7", *weights]) == 0

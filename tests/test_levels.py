@@ -94,6 +94,8 @@ def test_numpy_quantizer_matches_torch(tiny_checkpoint, tables) -> None:
         expected = model.quantizer.encode(torch.from_numpy(latent)).numpy()
         np.testing.assert_allclose(
             latent_from_codes(tables, expected, "all"),
-            model.latent_from_codes(torch.from_numpy(expected)).numpy(), atol=1e-5)
+            model.latent_from_codes(torch.from_numpy(expected)).numpy(),
+            atol=1e-5,
+        )
     agreement = (quantize(tables, latent) == expected).mean()
     assert agreement > 0.99

@@ -50,7 +50,7 @@ def test_streaming_equals_batch(model, pcm, mode: str, chunk_frames: int) -> Non
         parts = []
         step = chunk_frames * 1920
         for start in range(0, pcm.shape[-1], step):
-            codes, state = model.encode(pcm[..., start:start + step], state, mode)
+            codes, state = model.encode(pcm[..., start : start + step], state, mode)
             parts.append(codes)
         assert torch.equal(torch.cat(parts, -1), batch_codes)
         latent = model.latent_from_codes(batch_codes)
@@ -58,7 +58,7 @@ def test_streaming_equals_batch(model, pcm, mode: str, chunk_frames: int) -> Non
         state = model.init_decoder_state(1)
         outs = []
         for start in range(0, latent.shape[-1], chunk_frames):
-            out, state = model.decode_latent(latent[..., start:start + chunk_frames], state, mode)
+            out, state = model.decode_latent(latent[..., start : start + chunk_frames], state, mode)
             outs.append(out)
         streamed = torch.cat(outs, -1)
     assert streamed.shape == batch_pcm.shape
@@ -70,7 +70,7 @@ def test_causality_prefix_of_input_gives_prefix_of_codes(model, pcm) -> None:
         full, _ = model.encode(pcm)
         prefix, _ = model.encode(pcm[..., : 10 * 1920])
         changed = pcm.clone()
-        changed[..., 10 * 1920:] = torch.randn_like(changed[..., 10 * 1920:])
+        changed[..., 10 * 1920 :] = torch.randn_like(changed[..., 10 * 1920 :])
         other, _ = model.encode(changed)
     assert torch.equal(prefix, full[..., :10])
     assert torch.equal(other[..., :10], full[..., :10])

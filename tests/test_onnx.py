@@ -82,7 +82,7 @@ def near_tie_gaps(torch_codec: Codec, pcm: np.ndarray, codes_a: np.ndarray, code
     tables = torch_codec.engine.tables
     frames = codes_a.shape[1]
     padded = np.zeros(frames * 1920, np.float32)
-    padded[:len(pcm)] = pcm[: frames * 1920]
+    padded[: len(pcm)] = pcm[: frames * 1920]
     with torch.no_grad():
         latent = torch_codec.engine.model.encode_latent(torch.from_numpy(padded)[None, None])[0][0]  # type: ignore[attr-defined]
     latent = latent.double().numpy()
@@ -179,8 +179,9 @@ def test_batch_graphs_run_at_any_length_and_batch(onnx_dir: Path, frames: int, b
 
 
 # -- parity with the torch engine -----------------------------------------------------------------------------
-def test_batch_encode_and_decode_match_the_torch_engine(onnx_codec: Codec, tiny_codec: Codec, speech: list[Path],
-                                                       signal: np.ndarray) -> None:
+def test_batch_encode_and_decode_match_the_torch_engine(
+    onnx_codec: Codec, tiny_codec: Codec, speech: list[Path], signal: np.ndarray
+) -> None:
     from mimistack.audio import load_audio
 
     inputs = [signal, *(load_audio(path)[: 8 * 24000 + 77 * index] for index, path in enumerate(speech))]
@@ -229,8 +230,9 @@ def test_streaming_equals_batch_and_the_torch_engine(onnx_codec: Codec, tiny_cod
     assert relative_l2(np.concatenate(outputs)[: 1920 * 4], whole[: 1920 * 4]) <= AUDIO_TOLERANCE
 
 
-def test_moshi_cache_mode_streams_like_the_torch_engine_beyond_the_context(onnx_codec: Codec,
-                                                                          tiny_codec: Codec) -> None:
+def test_moshi_cache_mode_streams_like_the_torch_engine_beyond_the_context(
+    onnx_codec: Codec, tiny_codec: Codec
+) -> None:
     """Past the context (8 transformer steps in the tiny config, 10 s in the official one) moshi's ring cache drops
     old keys; the moshi graphs must too."""
     pcm = frames_of(1.2, seed=8)  # 15 frames: 11 beyond the 4-frame (8-step) context
@@ -276,10 +278,10 @@ def test_transformers_js_graphs_pad_any_length_and_take_every_prefix(onnx_dir: P
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "mimi" and config["num_quantizers"] == 32 and config["hidden_size"] == 32
     assert config["codebook_dim"] == 16 and config["upsampling_ratios"] == [8, 6, 5, 4]
-    pcm = frames_of(1.0, seed=4)[:24000 - 333]
+    pcm = frames_of(1.0, seed=4)[: 24000 - 333]
     codes = session(folder / "onnx" / "encoder_model.onnx").run(None, {"input_values": pcm[None, None]})[0]
     padded = np.zeros(13 * 1920, np.float32)
-    padded[:len(pcm)] = pcm
+    padded[: len(pcm)] = pcm
     reference = session(onnx_dir / "encoder.onnx").run(None, {"pcm": padded[None, None]})[0]
     np.testing.assert_array_equal(codes, reference)
     decoder = session(folder / "onnx" / "decoder_model.onnx")
@@ -292,8 +294,9 @@ def test_transformers_js_graphs_pad_any_length_and_take_every_prefix(onnx_dir: P
 
 # -- variants -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["fp16", "int8"])
-def test_variants_are_recorded_with_their_error_and_load(onnx_dir: Path, manifest: dict, onnx_codec: Codec,
-                                                         variant: str) -> None:
+def test_variants_are_recorded_with_their_error_and_load(
+    onnx_dir: Path, manifest: dict, onnx_codec: Codec, variant: str
+) -> None:
     report = manifest["variants"][variant]
     errors = report["errors_vs_fp32"]
     assert 0.0 <= errors["codes_agreement"] <= 1.0 and 0.0 <= errors["level0_agreement"] <= 1.0
@@ -311,19 +314,25 @@ def test_variants_are_recorded_with_their_error_and_load(onnx_dir: Path, manifes
 
 # -- running without torch ------------------------------------------------------------------------------------
 def test_the_onnx_engine_runs_with_torch_unimportable(onnx_dir: Path, speech: list[Path]) -> None:
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "no_torch_smoke.py"), str(onnx_dir),
-                             str(speech[0]), "--block-torch"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "no_torch_smoke.py"), str(onnx_dir), str(speech[0]), "--block-torch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("ok:"), result.stdout
 
 
 def test_no_torch_module_is_imported_on_the_onnx_path(onnx_dir: Path) -> None:
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import numpy as np, mimistack\n"
-            f"codec = mimistack.Codec.load(engine=mimistack.OnnxOptions(onnx_dir={str(onnx_dir)!r}))\n"
-            "grid = codec.encode(np.zeros(5000, np.float32)); codec.decode(grid, '0-3')\n"
-            "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript'))\n"
-            "print(loaded)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np, mimistack\n"
+        f"codec = mimistack.Codec.load(engine=mimistack.OnnxOptions(onnx_dir={str(onnx_dir)!r}))\n"
+        "grid = codec.encode(np.zeros(5000, np.float32)); codec.decode(grid, '0-3')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxscript'))\n"
+        "print(loaded)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['torch']", result.stdout  # only the blocking None entry itself
@@ -331,9 +340,11 @@ def test_no_torch_module_is_imported_on_the_onnx_path(onnx_dir: Path) -> None:
 
 def test_without_torch_and_without_an_export_the_error_says_what_to_do(tmp_path: Path) -> None:
     checkpoint = write_random_checkpoint(tmp_path / "other.safetensors", "tiny", seed=5)
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from mimistack.codec import Codec\n"
-            f"Codec.load({str(checkpoint)!r}, engine='onnx')\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from mimistack.codec import Codec\n"
+        f"Codec.load({str(checkpoint)!r}, engine='onnx')\n"
+    )
     env = {**os.environ, "MIMISTACK_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode != 0
@@ -344,7 +355,8 @@ def test_without_torch_and_without_an_export_the_error_says_what_to_do(tmp_path:
 
 # -- the cache keyed by the weights' sha256 ---------------------------------------------------------------------
 def test_weights_without_onnx_dir_use_the_cache_keyed_by_sha256(
-        onnx_dir: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx_dir: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mimistack.engine import export as export_module
     from mimistack.weights import file_sha256
 
@@ -391,16 +403,20 @@ def test_missing_folder_and_missing_manifest_are_explained(tmp_path: Path) -> No
         OnnxEngine(tmp_path / "file")
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("manifest_json", "is corrupt"),
-    ("manifest_version", "format version 99"),
-    ("manifest_format", "not a mimistack ONNX manifest"),
-    ("truncate_graph", "bytes, the manifest says"),
-    ("delete_graph", "is missing from the export"),
-    ("delete_codebooks", r"codebooks\.safetensors is missing"),
-])
-def test_corrupt_folders_are_refused_with_a_clear_error(onnx_dir: Path, tmp_path: Path, damage: str,
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("manifest_json", "is corrupt"),
+        ("manifest_version", "format version 99"),
+        ("manifest_format", "not a mimistack ONNX manifest"),
+        ("truncate_graph", "bytes, the manifest says"),
+        ("delete_graph", "is missing from the export"),
+        ("delete_codebooks", r"codebooks\.safetensors is missing"),
+    ],
+)
+def test_corrupt_folders_are_refused_with_a_clear_error(
+    onnx_dir: Path, tmp_path: Path, damage: str, message: str
+) -> None:
     folder = broken_copy(onnx_dir, tmp_path)
     manifest_path = folder / MANIFEST_NAME
     data = json.loads(manifest_path.read_text())
@@ -452,8 +468,9 @@ def test_missing_variant_and_foreign_state_are_refused(onnx_dir: Path, tmp_path:
 
 
 # -- exporting ------------------------------------------------------------------------------------------------
-def test_export_refuses_to_overwrite_without_force_and_foreign_folders_even_with_it(tmp_path: Path,
-                                                                                    tiny_checkpoint: Path) -> None:
+def test_export_refuses_to_overwrite_without_force_and_foreign_folders_even_with_it(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     target = tmp_path / "out"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
@@ -468,9 +485,9 @@ def test_export_refuses_to_overwrite_without_force_and_foreign_folders_even_with
         export_onnx(tiny_checkpoint, tmp_path / "new", opset=13)
 
 
-def test_cli_export_onnx_checks_its_arguments(tmp_path: Path, tiny_checkpoint: Path,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_export_onnx_checks_its_arguments(
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mimistack import cli
     from mimistack.engine import export as export_module
 
@@ -489,32 +506,63 @@ def test_cli_export_onnx_checks_its_arguments(tmp_path: Path, tiny_checkpoint: P
         raise ExportError("stopped by the test")
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
-    code = cli.main(["export-onnx", "--weights", str(tiny_checkpoint), "-o", str(tmp_path / "new"), "--fp16",
-                     "--int8", "--moshi-stream", "--no-transformers-js", "-q"])
+    code = cli.main(
+        [
+            "export-onnx",
+            "--weights",
+            str(tiny_checkpoint),
+            "-o",
+            str(tmp_path / "new"),
+            "--fp16",
+            "--int8",
+            "--moshi-stream",
+            "--no-transformers-js",
+            "-q",
+        ]
+    )
     assert code == 1 and "stopped by the test" in capsys.readouterr().err
     assert seen["variants"] == ["fp32", "fp16", "int8"] and seen["stream_modes"] == ["window", "moshi"]
     assert seen["transformers_js"] is False and seen["opset"] == 18
 
 
-def test_cli_encode_and_decode_with_the_onnx_engine(onnx_dir: Path, tmp_path: Path, speech: list[Path],
-                                                    tiny_codec: Codec) -> None:
+def test_cli_encode_and_decode_with_the_onnx_engine(
+    onnx_dir: Path, tmp_path: Path, speech: list[Path], tiny_codec: Codec
+) -> None:
     from mimistack import cli
     from mimistack.audio import load_audio
     from mimistack.tokens import TokenGrid
 
     tokens, audio = tmp_path / "speech.mimi", tmp_path / "speech.wav"
-    assert cli.main(["encode", str(speech[0]), "-o", str(tokens), "--engine", "onnx", "--onnx", str(onnx_dir),
-                     "-q"]) == 0
-    assert cli.main(["decode", str(tokens), "-o", str(audio), "--levels", "0-7", "--engine", "onnx", "--onnx",
-                     str(onnx_dir), "-q"]) == 0
+    assert (
+        cli.main(["encode", str(speech[0]), "-o", str(tokens), "--engine", "onnx", "--onnx", str(onnx_dir), "-q"]) == 0
+    )
+    assert (
+        cli.main(
+            [
+                "decode",
+                str(tokens),
+                "-o",
+                str(audio),
+                "--levels",
+                "0-7",
+                "--engine",
+                "onnx",
+                "--onnx",
+                str(onnx_dir),
+                "-q",
+            ]
+        )
+        == 0
+    )
     grid = TokenGrid.load(tokens)
     pcm = load_audio(speech[0])
     assert_codes_match(tiny_codec, pcm, grid.codes, tiny_codec.encode(pcm).codes)
     assert len(load_audio(audio)) == grid.num_samples
 
 
-def test_cli_and_codec_select_an_onnx_variant(onnx_dir: Path, tmp_path: Path, speech: list[Path],
-                                             onnx_codec: Codec, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_and_codec_select_an_onnx_variant(
+    onnx_dir: Path, tmp_path: Path, speech: list[Path], onnx_codec: Codec, capsys: pytest.CaptureFixture[str]
+) -> None:
     from mimistack import cli
     from mimistack.audio import load_audio
     from mimistack.tokens import TokenGrid
@@ -522,17 +570,65 @@ def test_cli_and_codec_select_an_onnx_variant(onnx_dir: Path, tmp_path: Path, sp
     codec = Codec.load(engine=OnnxOptions(onnx_dir=onnx_dir, variant="fp16"))
     assert codec.engine.variant == "fp16"  # type: ignore[attr-defined]
     tokens, audio = tmp_path / "speech.mimi", tmp_path / "speech.wav"
-    assert cli.main(["encode", str(speech[0]), "-o", str(tokens), "--engine", "onnx", "--onnx", str(onnx_dir),
-                     "--onnx-variant", "int8", "-q"]) == 0
-    assert cli.main(["decode", str(tokens), "-o", str(audio), "--engine", "onnx", "--onnx", str(onnx_dir),
-                     "--onnx-variant", "fp16", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "encode",
+                str(speech[0]),
+                "-o",
+                str(tokens),
+                "--engine",
+                "onnx",
+                "--onnx",
+                str(onnx_dir),
+                "--onnx-variant",
+                "int8",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "decode",
+                str(tokens),
+                "-o",
+                str(audio),
+                "--engine",
+                "onnx",
+                "--onnx",
+                str(onnx_dir),
+                "--onnx-variant",
+                "fp16",
+                "-q",
+            ]
+        )
+        == 0
+    )
     grid = TokenGrid.load(tokens)
     want = codec.decode(grid)
     got = load_audio(audio)
     assert got.shape == want.shape and relative_l2(got, want) < 1e-3  # wav is 16-bit or float; fp16 either way
     capsys.readouterr()
-    assert cli.main(["encode", str(speech[0]), "-o", str(tmp_path / "x.mimi"), "--weights", "random-tiny",
-                     "--engine", "torch", "--onnx-variant", "int8", "-q"]) == 2
+    assert (
+        cli.main(
+            [
+                "encode",
+                str(speech[0]),
+                "-o",
+                str(tmp_path / "x.mimi"),
+                "--weights",
+                "random-tiny",
+                "--engine",
+                "torch",
+                "--onnx-variant",
+                "int8",
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "--onnx and --onnx-variant are options of --engine onnx" in capsys.readouterr().err
     assert not (tmp_path / "x.mimi").exists()
     with pytest.raises(TypeError, match="variant"):
@@ -541,8 +637,9 @@ def test_cli_and_codec_select_an_onnx_variant(onnx_dir: Path, tmp_path: Path, sp
         OnnxOptions(variant="int4")  # type: ignore[arg-type]
 
 
-def test_shared_thread_pool_gives_the_same_results_and_keeps_export_checks_working(onnx_dir: Path,
-                                                                                   tmp_path: Path) -> None:
+def test_shared_thread_pool_gives_the_same_results_and_keeps_export_checks_working(
+    onnx_dir: Path, tmp_path: Path
+) -> None:
     """The `mimistack` program runs every session on one ONNX Runtime pool (much faster streaming on 2 cores). In
     its own process (ONNX Runtime then refuses sessions with private pools, so never inside pytest's)."""
     script = tmp_path / "shared.py"

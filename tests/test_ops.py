@@ -25,14 +25,26 @@ Pair = tuple[TokenGrid, TokenGrid]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def crafted(frames: int, *, num_samples: int | None = None, weights: str = SHA_A, offset: int = 0,
-            codebook_size: int = 2048, present: tuple[int, ...] | None = None) -> TokenGrid:
+def crafted(
+    frames: int,
+    *,
+    num_samples: int | None = None,
+    weights: str = SHA_A,
+    offset: int = 0,
+    codebook_size: int = 2048,
+    present: tuple[int, ...] | None = None,
+) -> TokenGrid:
     """A grid whose token at (level, t) is offset + 50·level + t, so every token says where it came from."""
     levels = np.arange(32)[:, None]
     codes = (offset + 50 * levels + np.arange(frames)[None, :]) % codebook_size
-    return TokenGrid(codes=codes, num_samples=frames * FRAME if num_samples is None else num_samples,
-                     codebook_size=codebook_size, weights_sha256=weights, levels_present=present,
-                     metadata={"source": f"crafted-{frames}"})
+    return TokenGrid(
+        codes=codes,
+        num_samples=frames * FRAME if num_samples is None else num_samples,
+        codebook_size=codebook_size,
+        weights_sha256=weights,
+        levels_present=present,
+        metadata={"source": f"crafted-{frames}"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +77,14 @@ def test_drop_levels_keeps_the_others() -> None:
     assert twice.metadata["inputs"][0]["metadata"]["operation"] == {"name": "drop", "levels": "8-31"}
 
 
-@pytest.mark.parametrize(("operation", "levels", "message"), [
-    pytest.param(ops.keep_levels, "40", "out of range", id="keep-out-of-range"),
-    pytest.param(ops.drop_levels, "8-31", "not in this grid", id="drop-absent"),
-    pytest.param(ops.keep_levels, "0-", "cannot parse", id="keep-unparsable"),
-])
+@pytest.mark.parametrize(
+    ("operation", "levels", "message"),
+    [
+        pytest.param(ops.keep_levels, "40", "out of range", id="keep-out-of-range"),
+        pytest.param(ops.drop_levels, "8-31", "not in this grid", id="drop-absent"),
+        pytest.param(ops.keep_levels, "0-", "cannot parse", id="keep-unparsable"),
+    ],
+)
 def test_keep_and_drop_refuse_bad_levels(operation: Callable[..., TokenGrid], levels: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         operation(crafted(3, present=tuple(range(8))), levels)
@@ -179,8 +194,9 @@ def test_level_stats_entropy_matches_a_hand_computed_value() -> None:
     codes[0] = [0, 0, 1, 2]  # p = 1/2, 1/4, 1/4 -> 1.5 bits
     codes[1] = [5, 5, 5, 5]  # one code -> 0 bits
     codes[2] = [1, 2, 3, 4]  # four equally likely codes -> 2 bits
-    grid = TokenGrid(codes=codes, num_samples=4 * FRAME, codebook_size=8, weights_sha256=SHA_A,
-                     levels_present=(0, 1, 2))
+    grid = TokenGrid(
+        codes=codes, num_samples=4 * FRAME, codebook_size=8, weights_sha256=SHA_A, levels_present=(0, 1, 2)
+    )
     stats = ops.level_stats([grid])
     assert stats.entropy_bits[0] == pytest.approx(1.5)
     assert stats.perplexity[0] == pytest.approx(2**1.5)
@@ -272,8 +288,7 @@ def test_cut_then_splice_gives_back_the_grid() -> None:
     assert (tail.num_frames, tail.num_samples) == (3, 2 * FRAME + 3)
     rebuilt = ops.splice([head, tail])
     assert np.array_equal(rebuilt.codes, grid.codes) and rebuilt.num_samples == grid.num_samples
-    assert rebuilt.metadata["inputs"][1]["metadata"]["operation"] == {"name": "cut", "start_frame": 4,
-                                                                      "end_frame": 7}
+    assert rebuilt.metadata["inputs"][1]["metadata"]["operation"] == {"name": "cut", "start_frame": 4, "end_frame": 7}
 
 
 @pytest.mark.parametrize(("start", "end"), [(3, 3), (-1, 2), (0, 8), (5, 2)])
@@ -288,7 +303,7 @@ def test_spliced_speech_decodes_its_first_part_unchanged(tiny_codec: Codec, spee
     pcm = tiny_codec.decode(spliced)
     assert pcm.shape == (a.num_frames * FRAME + b.num_samples,)
     # The decoder is causal: what follows A cannot change how A's frames decode.
-    np.testing.assert_allclose(pcm[:a.num_samples], tiny_codec.decode(a), atol=1e-5)
+    np.testing.assert_allclose(pcm[: a.num_samples], tiny_codec.decode(a), atol=1e-5)
 
 
 def test_provenance_survives_a_mimi_file(tmp_path: Path) -> None:

@@ -90,21 +90,21 @@ def long_speech(speech: list[Path]) -> np.ndarray:
 
 def test_streaming_identical_to_moshi_streaming(moshi_model, codec: Codec, long_speech: np.ndarray) -> None:
     encoder = codec.stream_encoder(mode="moshi")
-    ours = np.concatenate([encoder.push(long_speech[i:i + FRAME]) for i in range(0, len(long_speech), FRAME)], -1)
+    ours = np.concatenate([encoder.push(long_speech[i : i + FRAME]) for i in range(0, len(long_speech), FRAME)], -1)
     parts = []
     with torch.no_grad(), moshi_model.streaming(1):
         for i in range(0, len(long_speech), FRAME):
-            parts.append(moshi_model.encode(torch.from_numpy(long_speech[i:i + FRAME])[None, None]).numpy()[0])
+            parts.append(moshi_model.encode(torch.from_numpy(long_speech[i : i + FRAME])[None, None]).numpy()[0])
     reference = np.concatenate(parts, -1)
     assert ours.shape == reference.shape
     assert int((ours != reference).sum()) == 0
 
     decoder = codec.stream_decoder("0-7", mode="moshi")
-    ours_pcm = np.concatenate([decoder.push(ours[:, i:i + 1]) for i in range(ours.shape[1])])
+    ours_pcm = np.concatenate([decoder.push(ours[:, i : i + 1]) for i in range(ours.shape[1])])
     pieces = []
     with torch.no_grad(), moshi_model.streaming(1):
         for i in range(reference.shape[1]):
-            pieces.append(moshi_model.decode(torch.from_numpy(reference[None, :8, i:i + 1].astype(np.int64))))
+            pieces.append(moshi_model.decode(torch.from_numpy(reference[None, :8, i : i + 1].astype(np.int64))))
     reference_pcm = torch.cat(pieces, -1).numpy()[0, 0]
     assert np.linalg.norm(ours_pcm - reference_pcm) / np.linalg.norm(reference_pcm) <= 1e-5
 
@@ -114,18 +114,18 @@ def test_default_streaming_computes_the_batch_function(codec: Codec, long_speech
     differs, which can flip a near-tied token now and then (random codebooks are dense in near-ties)."""
     batch = codec.encode(long_speech)
     encoder = codec.stream_encoder()
-    streamed = np.concatenate([encoder.push(long_speech[i:i + FRAME]) for i in range(0, len(long_speech), FRAME)],
-                              -1)
+    streamed = np.concatenate([encoder.push(long_speech[i : i + FRAME]) for i in range(0, len(long_speech), FRAME)], -1)
     agreement = (streamed == batch.codes).mean()
     assert agreement >= 0.99, agreement
     decoder = codec.stream_decoder("all")
-    pcm = np.concatenate([decoder.push(batch.codes[:, i:i + 1]) for i in range(batch.num_frames)])
+    pcm = np.concatenate([decoder.push(batch.codes[:, i : i + 1]) for i in range(batch.num_frames)])
     reference = codec.decode(batch)
     assert np.linalg.norm(pcm - reference) / np.linalg.norm(reference) <= 1e-5
 
 
-def test_default_chunked_batch_agrees_with_one_pass(official_checkpoint: Path, codec: Codec,
-                                                   long_speech: np.ndarray) -> None:
+def test_default_chunked_batch_agrees_with_one_pass(
+    official_checkpoint: Path, codec: Codec, long_speech: np.ndarray
+) -> None:
     """The default codec processes 10 s chunks with the state carried over (flat memory): the same function,
     float rounding aside."""
     chunked = Codec.load(official_checkpoint)
@@ -134,8 +134,9 @@ def test_default_chunked_batch_agrees_with_one_pass(official_checkpoint: Path, c
     assert agreement >= 0.99, agreement
 
 
-def test_transformers_layout_gives_the_same_codes(tmp_path: Path, official_checkpoint: Path, codec: Codec,
-                                                  speech: list[Path]) -> None:
+def test_transformers_layout_gives_the_same_codes(
+    tmp_path: Path, official_checkpoint: Path, codec: Codec, speech: list[Path]
+) -> None:
     from safetensors.numpy import save_file
 
     from mimistack.weights import load_weights, to_transformers_layout

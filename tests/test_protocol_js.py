@@ -36,11 +36,28 @@ from mimistack.stream import (
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tests" / "js_protocol"
 TSC = HARNESS / "node_modules" / "typescript" / "bin" / "tsc"
-TSC_FLAGS = ["--target", "ES2022", "--module", "ES2022", "--moduleResolution", "bundler", "--lib", "ES2022,DOM",
-             "--strict", "--noUnusedLocals", "--noUnusedParameters", "--noImplicitReturns",
-             "--noFallthroughCasesInSwitch", "--noUncheckedIndexedAccess", "--exactOptionalPropertyTypes",
-             "--erasableSyntaxOnly", "--verbatimModuleSyntax", "--isolatedModules", "--noImplicitOverride",
-             "--skipLibCheck"]
+TSC_FLAGS = [
+    "--target",
+    "ES2022",
+    "--module",
+    "ES2022",
+    "--moduleResolution",
+    "bundler",
+    "--lib",
+    "ES2022,DOM",
+    "--strict",
+    "--noUnusedLocals",
+    "--noUnusedParameters",
+    "--noImplicitReturns",
+    "--noFallthroughCasesInSwitch",
+    "--noUncheckedIndexedAccess",
+    "--exactOptionalPropertyTypes",
+    "--erasableSyntaxOnly",
+    "--verbatimModuleSyntax",
+    "--isolatedModules",
+    "--noImplicitOverride",
+    "--skipLibCheck",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +68,12 @@ def protocol_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not TSC.exists():
         pytest.fail(f"TypeScript is not installed for the protocol tests: run npm ci --prefix {HARNESS}")
     out = tmp_path_factory.mktemp("protocol-js")
-    result = subprocess.run([node, str(TSC), str(REPO / "web" / "src" / "protocol.ts"), "--outDir", str(out),
-                             *TSC_FLAGS], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [node, str(TSC), str(REPO / "web" / "src" / "protocol.ts"), "--outDir", str(out), *TSC_FLAGS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, f"tsc failed on web/src/protocol.ts:\n{result.stdout}{result.stderr}"
     (out / "package.json").write_text('{"type": "module"}\n')
     return out / "protocol.js"
@@ -61,8 +82,12 @@ def protocol_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _node(protocol_js: Path, command: str, payload: Any, tmp_path: Path) -> Any:
     source, target = tmp_path / f"{command}-in.json", tmp_path / f"{command}-out.json"
     source.write_text(json.dumps(payload))
-    result = subprocess.run(["node", str(HARNESS / "run.mjs"), str(protocol_js), command, str(source), str(target)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["node", str(HARNESS / "run.mjs"), str(protocol_js), command, str(source), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert target.exists(), f"run.mjs {command} wrote nothing:\n{result.stdout}{result.stderr}"
     output = json.loads(target.read_text())
     assert result.returncode == 0, f"run.mjs {command} failed: {json.dumps(output)[:2000]}\n{result.stderr}"
@@ -77,9 +102,14 @@ def _camel(name: str) -> str:
 
 def to_json(message: stream.Message) -> dict[str, Any]:
     if isinstance(message, Frame):
-        return {"kind": int(message.kind), "firstFrame": message.first_frame, "frameCount": message.frame_count,
-                "levelCount": message.level_count, "bitsPerToken": message.bits_per_token,
-                "tokens": message.codes.T.ravel().tolist()}
+        return {
+            "kind": int(message.kind),
+            "firstFrame": message.first_frame,
+            "frameCount": message.frame_count,
+            "levelCount": message.level_count,
+            "bitsPerToken": message.bits_per_token,
+            "tokens": message.codes.T.ravel().tolist(),
+        }
     fields = {_camel(field.name): getattr(message, field.name) for field in dataclasses.fields(message)}
     return {"kind": int(message.kind), **{key: int(v) if isinstance(v, int) else v for key, v in fields.items()}}
 
@@ -102,13 +132,12 @@ def test_json_field_names_match_the_typescript_interfaces() -> None:
         declared = set(re.findall(r"^\s+(\w+):", interface.group(1), re.M)) - {"kind"}
         assert declared == {_camel(field.name) for field in dataclasses.fields(cls)}, cls.__name__
     kinds = dict(re.findall(r"^\s+(\w+): (\d+),$", source.split("export const MessageKind")[1].split("}")[0], re.M))
-    assert {name: int(value) for name, value in kinds.items()} == {kind.name: kind.value
-                                                                  for kind in stream.MessageKind}
+    assert {name: int(value) for name, value in kinds.items()} == {kind.name: kind.value for kind in stream.MessageKind}
 
 
 # -- sample messages -----------------------------------------------------------------------------------------------
 def _text(rng: random.Random, size: int) -> str:
-    alphabet = "abc XYZ 019 {}\":,é✓🎧\u00a0\ufeff\u2028"
+    alphabet = 'abc XYZ 019 {}":,é✓🎧\u00a0\ufeff\u2028'
     return "".join(rng.choice(alphabet) for _ in range(rng.randrange(size + 1)))
 
 
@@ -117,23 +146,41 @@ def random_message(rng: random.Random) -> stream.Message:
     kind = rng.randrange(6)
     if kind == 0:
         levels = rng.randrange(1, 256)
-        return Hello(num_levels=levels, max_levels=rng.randrange(1, levels + 1), sample_rate=rng.randrange(1, 2**32),
-                     frame_size=rng.randrange(1, 2**32), codebook_size=rng.randrange(1, 65537),
-                     weights_sha256=rng.randbytes(32).hex(), stream_start_us=rng.randrange(2**53),
-                     num_samples=rng.choice([None, 0, 2**53 - 1, rng.randrange(2**53)]),
-                     cache_mode=rng.choice(stream.CACHE_MODES), rate_control=rng.choice(stream.RATE_CONTROLS),
-                     codec_config=_text(rng, 30))
+        return Hello(
+            num_levels=levels,
+            max_levels=rng.randrange(1, levels + 1),
+            sample_rate=rng.randrange(1, 2**32),
+            frame_size=rng.randrange(1, 2**32),
+            codebook_size=rng.randrange(1, 65537),
+            weights_sha256=rng.randbytes(32).hex(),
+            stream_start_us=rng.randrange(2**53),
+            num_samples=rng.choice([None, 0, 2**53 - 1, rng.randrange(2**53)]),
+            cache_mode=rng.choice(stream.CACHE_MODES),
+            rate_control=rng.choice(stream.RATE_CONTROLS),
+            codec_config=_text(rng, 30),
+        )
     if kind == 1:
         width, levels, count = rng.randrange(1, 17), rng.randrange(1, 9), rng.randrange(1, 9)
         codes = np.array([[rng.randrange(1 << width) for _ in range(count)] for _ in range(levels)])
         return Frame(rng.randrange(2**32 - count + 1), codes, width)
     if kind == 2:
-        return Feedback(sequence=u32(), frames_played=u32(), frames_concealed=u32(), level_count=rng.randrange(256),
-                        delivered_bps=u32(), loss_permille=rng.randrange(1001), latency_us=u32(),
-                        queue_delay_us=u32())
+        return Feedback(
+            sequence=u32(),
+            frames_played=u32(),
+            frames_concealed=u32(),
+            level_count=rng.randrange(256),
+            delivered_bps=u32(),
+            loss_permille=rng.randrange(1001),
+            latency_us=u32(),
+            queue_delay_us=u32(),
+        )
     if kind == 3:
-        return Bandwidth(from_frame=u32(), estimate_bps=u32(), level_count=rng.randrange(1, 256),
-                         frames_per_message=rng.randrange(1, 256))
+        return Bandwidth(
+            from_frame=u32(),
+            estimate_bps=u32(),
+            level_count=rng.randrange(1, 256),
+            frames_per_message=rng.randrange(1, 256),
+        )
     if kind == 4:
         return End(num_frames=u32(), num_samples=rng.randrange(2**53))
     return ErrorMessage(code=rng.randrange(65536), text=_text(rng, 40))
@@ -183,7 +230,7 @@ def _mutations(messages: list[stream.Message], rng: random.Random) -> list[bytes
             raw = bytearray(data)
             choice = rng.randrange(4)
             if choice == 0:
-                raw = raw[:rng.randrange(len(raw) + 1)]
+                raw = raw[: rng.randrange(len(raw) + 1)]
             elif choice == 1:
                 raw += rng.randbytes(rng.randrange(1, 4))
             elif choice == 2:
@@ -215,15 +262,32 @@ def test_both_sides_reject_the_same_malformed_bytes(protocol_js: Path, messages:
 
 
 def test_both_sides_refuse_to_encode_the_same_bad_fields(protocol_js: Path, tmp_path: Path) -> None:
-    hello = to_json(Hello(num_levels=8, max_levels=8, sample_rate=24_000, frame_size=1920, codebook_size=2048,
-                          weights_sha256="ab" * 32, stream_start_us=1, num_samples=None))
+    hello = to_json(
+        Hello(
+            num_levels=8,
+            max_levels=8,
+            sample_rate=24_000,
+            frame_size=1920,
+            codebook_size=2048,
+            weights_sha256="ab" * 32,
+            stream_start_us=1,
+            num_samples=None,
+        )
+    )
     frame = to_json(Frame(0, np.array([[5]]), 11))
-    bad = [hello | {"maxLevels": 9}, hello | {"numSamples": 2**53}, hello | {"weightsSha256": "AB" * 32},
-           hello | {"cacheMode": "fast"}, hello | {"codecConfig": "\ud800"}, frame | {"tokens": [2048]},
-           frame | {"levelCount": 0, "tokens": []},
-           frame | {"firstFrame": 2**32 - 1, "frameCount": 2, "tokens": [1, 2]},
-           to_json(End(0, 0)) | {"numSamples": -1}, to_json(ErrorMessage(1, "x")) | {"code": 65536},
-           to_json(Feedback(0, 0, 0, 0, 0, 0, 0, 0)) | {"lossPermille": 1001}]
+    bad = [
+        hello | {"maxLevels": 9},
+        hello | {"numSamples": 2**53},
+        hello | {"weightsSha256": "AB" * 32},
+        hello | {"cacheMode": "fast"},
+        hello | {"codecConfig": "\ud800"},
+        frame | {"tokens": [2048]},
+        frame | {"levelCount": 0, "tokens": []},
+        frame | {"firstFrame": 2**32 - 1, "frameCount": 2, "tokens": [1, 2]},
+        to_json(End(0, 0)) | {"numSamples": -1},
+        to_json(ErrorMessage(1, "x")) | {"code": 65536},
+        to_json(Feedback(0, 0, 0, 0, 0, 0, 0, 0)) | {"lossPermille": 1001},
+    ]
     results = _node(protocol_js, "encode", bad, tmp_path)
     for case, result in zip(bad, results):
         assert not result["ok"] and result["error"] == "ProtocolError", (case, result)
@@ -234,14 +298,23 @@ def test_both_sides_refuse_to_encode_the_same_bad_fields(protocol_js: Path, tmp_
 def test_both_sides_plan_the_same_levels(protocol_js: Path, tmp_path: Path) -> None:
     rng = random.Random(5)
     cases = []
-    for bandwidth in [0, 1, 99.5, 137.5, 200, 250, 500, 1000, 1375.25, 4400, 6000, 1e6] + \
-            [rng.uniform(0, 8000) for _ in range(300)]:
-        options = {"bitsPerToken": rng.choice([6, 11, 16]), "maxLevels": rng.choice([1, 8, 32]),
-                   "utilization": rng.choice([0.9, 1.0, 0.75]), "maxFramesPerMessage": rng.choice([1, 4, 16])}
+    for bandwidth in [0, 1, 99.5, 137.5, 200, 250, 500, 1000, 1375.25, 4400, 6000, 1e6] + [
+        rng.uniform(0, 8000) for _ in range(300)
+    ]:
+        options = {
+            "bitsPerToken": rng.choice([6, 11, 16]),
+            "maxLevels": rng.choice([1, 8, 32]),
+            "utilization": rng.choice([0.9, 1.0, 0.75]),
+            "maxFramesPerMessage": rng.choice([1, 4, 16]),
+        }
         cases.append([bandwidth, options])
     plans = _node(protocol_js, "plan", cases, tmp_path)
     for (bandwidth, options), plan in zip(cases, plans):
-        expected = plan_frames(bandwidth, bits_per_token=options["bitsPerToken"], max_levels=options["maxLevels"],
-                               utilization=options["utilization"],
-                               max_frames_per_message=options["maxFramesPerMessage"])
+        expected = plan_frames(
+            bandwidth,
+            bits_per_token=options["bitsPerToken"],
+            max_levels=options["maxLevels"],
+            utilization=options["utilization"],
+            max_frames_per_message=options["maxFramesPerMessage"],
+        )
         assert plan == {"framesPerMessage": expected.frames_per_message, "levelCount": expected.level_count}

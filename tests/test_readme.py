@@ -20,8 +20,18 @@ from speech_data import speech_files
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DEMO_CLIP = REPO / "examples" / "librivox_sense_and_sensibility_0870.wav"
-PUBLIC_API = ["Codec", "Levels", "MimiConfig", "MimistackError", "OnnxOptions", "TokenGrid", "TorchOptions",
-              "__version__", "load_audio", "save_audio"]
+PUBLIC_API = [
+    "Codec",
+    "Levels",
+    "MimiConfig",
+    "MimistackError",
+    "OnnxOptions",
+    "TokenGrid",
+    "TorchOptions",
+    "__version__",
+    "load_audio",
+    "save_audio",
+]
 
 
 def readme_python_block() -> str:
@@ -38,8 +48,9 @@ def program(name: str) -> str:
     return found
 
 
-def test_the_readme_python_block_runs_with_random_tiny_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_readme_python_block_runs_with_random_tiny_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = readme_python_block()
     assert '"kyutai/mimi"' in code
     code = code.replace('"kyutai/mimi"', '"random-tiny"')
@@ -61,13 +72,24 @@ def test_the_readme_python_block_runs_with_random_tiny_weights(tmp_path: Path, m
 
 def test_quick_start_demo_through_the_installed_program(tmp_path: Path) -> None:
     out = tmp_path / "mimistack-demo"
-    completed = subprocess.run([program("mimistack"), "demo", str(DEMO_CLIP), "--weights", "random-tiny", "-o",
-                                str(out), "-q"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    completed = subprocess.run(
+        [program("mimistack"), "demo", str(DEMO_CLIP), "--weights", "random-tiny", "-o", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "RANDOM weights" in completed.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["decoded_01_levels.wav", "decoded_08_levels.wav", "decoded_32_levels.wav", "summary.json",
-                     "summary.md", "tokens.mimi"]
+    assert names == [
+        "decoded_01_levels.wav",
+        "decoded_08_levels.wav",
+        "decoded_32_levels.wav",
+        "summary.json",
+        "summary.md",
+        "tokens.mimi",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     frames = soundfile.info(str(DEMO_CLIP)).frames
     assert summary["random_weights"] is True and summary["frames"] == -(-frames // 1920)
@@ -78,8 +100,9 @@ def test_quick_start_demo_through_the_installed_program(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_mimistack_help() -> None:
-    completed = subprocess.run([sys.executable, "-m", "mimistack", "--help"], capture_output=True, text=True,
-                               timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-m", "mimistack", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr
     for command in ("encode", "decode", "demo", "sweep", "stream", "tokenize-corpus", "serve", "export-onnx"):
         assert command in completed.stdout

@@ -63,8 +63,14 @@ class LiveServer:
         self.thread.join(timeout=20)
         self.socket.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, chunked: bool = False) -> tuple[int, dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        chunked: bool = False,
+    ) -> tuple[int, dict[str, str], bytes]:
         """Send `path` exactly as given (no normalisation, so traversal attempts reach the server)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
@@ -75,7 +81,7 @@ class LiveServer:
                     connection.putheader(key, value)
                 connection.endheaders()
                 for start in range(0, len(body or b""), 4096):
-                    piece = (body or b"")[start:start + 4096]
+                    piece = (body or b"")[start : start + 4096]
                     connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 connection.send(b"0\r\n\r\n")
             else:
@@ -121,9 +127,12 @@ def onnx_dir(tmp_path: Path) -> Path:
     for name in ("encoder_stream.onnx", "decoder_stream.onnx", "embed.onnx", "codebooks.safetensors"):
         (folder / name).write_bytes(name.encode() * 100)
     (folder / "notes.txt").write_text("not a model file")
-    manifest = {"format": "mimistack-onnx", "weights_sha256": "ab" * 32,
-                "config": {"num_levels": 32, "codebook_size": 64},
-                "files": {name: {"bytes": 1} for name in ("encoder_stream.onnx", "decoder_stream.onnx")}}
+    manifest = {
+        "format": "mimistack-onnx",
+        "weights_sha256": "ab" * 32,
+        "config": {"num_levels": 32, "codebook_size": 64},
+        "files": {name: {"bytes": 1} for name in ("encoder_stream.onnx", "decoder_stream.onnx")},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "secret.txt").write_text(SECRET)
     return folder
@@ -154,11 +163,14 @@ def test_page_is_served_with_security_headers(server: LiveServer) -> None:
     assert headers["referrer-policy"] == "no-referrer"
 
 
-@pytest.mark.parametrize(("path", "media_type"), [
-    pytest.param("/assets/app-1234.js", "text/javascript", id="script"),
-    pytest.param("/ort/runtime.mjs", "text/javascript", id="module"),
-    pytest.param("/ort/runtime.wasm", "application/wasm", id="wasm"),
-])
+@pytest.mark.parametrize(
+    ("path", "media_type"),
+    [
+        pytest.param("/assets/app-1234.js", "text/javascript", id="script"),
+        pytest.param("/ort/runtime.mjs", "text/javascript", id="module"),
+        pytest.param("/ort/runtime.wasm", "application/wasm", id="wasm"),
+    ],
+)
 def test_static_files_have_media_types_modules_and_wasm_need(server: LiveServer, path: str, media_type: str) -> None:
     status, headers, _ = server.request("GET", path)
     assert status == 200 and headers["content-type"].split(";")[0] == media_type
@@ -166,27 +178,31 @@ def test_static_files_have_media_types_modules_and_wasm_need(server: LiveServer,
 
 
 def test_cross_origin_isolation_can_be_turned_off(static_dir: Path, tiny_checkpoint: Path) -> None:
-    with running(ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir,
-                                cross_origin_isolation=False)) as live:
+    with running(
+        ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir, cross_origin_isolation=False)
+    ) as live:
         status, headers, _ = live.request("GET", "/")
     assert status == 200 and "cross-origin-embedder-policy" not in headers
     assert "content-security-policy" in headers
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param("/../secret.txt", id="dotdot"),
-    pytest.param("/assets/../../secret.txt", id="nested-dotdot"),
-    pytest.param("/%2e%2e/secret.txt", id="encoded-dots"),
-    pytest.param("/assets/%2e%2e/%2e%2e/secret.txt", id="encoded-nested"),
-    pytest.param("/..%2fsecret.txt", id="encoded-slash"),
-    pytest.param("/assets%2f..%2f..%2fsecret.txt", id="all-encoded"),
-    pytest.param("/..%5csecret.txt", id="backslash"),
-    pytest.param("//tmp/../secret.txt", id="double-slash"),
-    pytest.param("/escape", id="symlink-out"),
-    pytest.param("/.gitignore", id="hidden-file"),
-    pytest.param("/assets/%00../secret.txt", id="nul"),
-    pytest.param("/models/..%2fsecret.txt", id="models-traversal"),
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/../secret.txt", id="dotdot"),
+        pytest.param("/assets/../../secret.txt", id="nested-dotdot"),
+        pytest.param("/%2e%2e/secret.txt", id="encoded-dots"),
+        pytest.param("/assets/%2e%2e/%2e%2e/secret.txt", id="encoded-nested"),
+        pytest.param("/..%2fsecret.txt", id="encoded-slash"),
+        pytest.param("/assets%2f..%2f..%2fsecret.txt", id="all-encoded"),
+        pytest.param("/..%5csecret.txt", id="backslash"),
+        pytest.param("//tmp/../secret.txt", id="double-slash"),
+        pytest.param("/escape", id="symlink-out"),
+        pytest.param("/.gitignore", id="hidden-file"),
+        pytest.param("/assets/%00../secret.txt", id="nul"),
+        pytest.param("/models/..%2fsecret.txt", id="models-traversal"),
+    ],
+)
 def test_static_paths_cannot_escape_their_folder(server: LiveServer, path: str) -> None:
     status, _, body = server.request("GET", path)
     assert status in (400, 404) and SECRET.encode() not in body
@@ -194,8 +210,16 @@ def test_static_paths_cannot_escape_their_folder(server: LiveServer, path: str) 
 
 def test_resolve_static_allows_only_plain_files_inside(static_dir: Path) -> None:
     assert resolve_static(static_dir, "assets/app-1234.js") == (static_dir / "assets" / "app-1234.js").resolve()
-    for bad in ("", "/etc/passwd", "assets", "../secret.txt", "assets/./app-1234.js", "escape", ".gitignore",
-                "assets\\..\\..\\secret.txt"):
+    for bad in (
+        "",
+        "/etc/passwd",
+        "assets",
+        "../secret.txt",
+        "assets/./app-1234.js",
+        "escape",
+        ".gitignore",
+        "assets\\..\\..\\secret.txt",
+    ):
         assert resolve_static(static_dir, bad) is None, bad
 
 
@@ -242,8 +266,13 @@ def test_onnx_files_are_served_from_the_export_only(static_dir: Path, onnx_dir: 
         assert status == 200 and manifest["weights_sha256"] == "ab" * 32
         status, info = live.json("GET", "/api/info")  # config from the manifest when --onnx is given
         assert status == 200 and info["codebook_size"] == 64
-        for path in ("/models/notes.txt", "/models/..%2fsecret.txt", "/models/%2e%2e/secret.txt",
-                     "/models/.manifest.json", "/models/tiny.safetensors"):
+        for path in (
+            "/models/notes.txt",
+            "/models/..%2fsecret.txt",
+            "/models/%2e%2e/secret.txt",
+            "/models/.manifest.json",
+            "/models/tiny.safetensors",
+        ):
             status, _, body = live.request("GET", path)
             assert status == 404 and SECRET.encode() not in body and b"not a model file" not in body, path
         # Reduced-precision graphs (?variant= in the page) are served when the export has them, and only those.
@@ -260,8 +289,7 @@ def test_onnx_files_are_served_from_the_export_only(static_dir: Path, onnx_dir: 
             (onnx_dir / "decoder_stream.int4.onnx").unlink(missing_ok=True)
 
 
-def test_missing_export_is_an_error_the_page_can_show(static_dir: Path, tmp_path: Path,
-                                                      tiny_checkpoint: Path) -> None:
+def test_missing_export_is_an_error_the_page_can_show(static_dir: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
     not_export = tmp_path / "not-an-export"
     not_export.mkdir()
     with running(ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir, onnx_dir=not_export)) as live:
@@ -271,8 +299,9 @@ def test_missing_export_is_an_error_the_page_can_show(static_dir: Path, tmp_path
     assert status == 200 and body["ready"] is False and "manifest.json" in body["error"]
 
 
-def test_graphs_are_exported_in_the_background_on_first_use(static_dir: Path, onnx_dir: Path, tiny_checkpoint: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graphs_are_exported_in_the_background_on_first_use(
+    static_dir: Path, onnx_dir: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without --onnx the page waits on /api/models while the export (minutes for real weights) runs."""
     release = threading.Event()
     exported: list[Path] = []
@@ -317,8 +346,9 @@ def test_encode_as_mimi_file(server: LiveServer, speech: list[Path], tiny_codec:
 
 
 @pytest.mark.parametrize("levels", ["0-7", "0,3,9", "0", None])
-def test_decode_returns_what_python_decodes(server: LiveServer, speech: list[Path], tiny_codec: Any,
-                                            levels: str | None) -> None:
+def test_decode_returns_what_python_decodes(
+    server: LiveServer, speech: list[Path], tiny_codec: Any, levels: str | None
+) -> None:
     grid = tiny_codec.encode(load_audio(speech[0]))
     query = "" if levels is None else f"?levels={levels}"
     status, headers, data = server.request("POST", f"/api/decode{query}", grid_to_bytes(grid))
@@ -330,29 +360,35 @@ def test_decode_returns_what_python_decodes(server: LiveServer, speech: list[Pat
     assert headers["x-mimistack-levels"] == (levels or "0-31")
 
 
-def test_decode_of_a_truncated_file_uses_the_levels_it_holds(server: LiveServer, speech: list[Path],
-                                                              tiny_codec: Any) -> None:
+def test_decode_of_a_truncated_file_uses_the_levels_it_holds(
+    server: LiveServer, speech: list[Path], tiny_codec: Any
+) -> None:
     grid = tiny_codec.encode(load_audio(speech[0]))
     data = grid_to_bytes(grid)
     section = -(-grid.num_frames * 6 // 8)  # packed bytes of one level (6-bit tokens in the tiny model)
-    cut = data[:len(data) - 29 * section - 1]  # levels 0-1 complete, level 2 cut short
+    cut = data[: len(data) - 29 * section - 1]  # levels 0-1 complete, level 2 cut short
     status, headers, body = server.request("POST", "/api/decode", cut)
     assert status == 200 and headers["x-mimistack-levels"] == "0-1" and "truncated" in headers["x-mimistack-warning"]
     pcm, _ = soundfile.read(io.BytesIO(body), dtype="float32")
     assert np.abs(pcm - tiny_codec.decode(grid, "0-1")).max() <= 1e-6
 
 
-@pytest.mark.parametrize(("path", "body", "status", "message"), [
-    pytest.param("/api/encode", b"hello, this is not audio at all", 415, "not an audio file", id="not-audio"),
-    pytest.param("/api/encode", b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk", 400, "cannot read the audio",
-                 id="broken-wav"),
-    pytest.param("/api/encode", b"", 400, "no body", id="empty"),
-    pytest.param("/api/encode?format=xml", b"RIFF", 400, "format", id="bad-format"),
-    pytest.param("/api/decode", b"MIMI\x00TOK\x07\x00", 400, "not a valid .mimi file", id="bad-mimi"),
-    pytest.param("/api/decode", b"a wav file, say", 400, "not a valid .mimi file", id="not-mimi"),
-])
-def test_bad_uploads_get_errors_that_say_why(server: LiveServer, path: str, body: bytes, status: int,
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        pytest.param("/api/encode", b"hello, this is not audio at all", 415, "not an audio file", id="not-audio"),
+        pytest.param(
+            "/api/encode", b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk", 400, "cannot read the audio", id="broken-wav"
+        ),
+        pytest.param("/api/encode", b"", 400, "no body", id="empty"),
+        pytest.param("/api/encode?format=xml", b"RIFF", 400, "format", id="bad-format"),
+        pytest.param("/api/decode", b"MIMI\x00TOK\x07\x00", 400, "not a valid .mimi file", id="bad-mimi"),
+        pytest.param("/api/decode", b"a wav file, say", 400, "not a valid .mimi file", id="not-mimi"),
+    ],
+)
+def test_bad_uploads_get_errors_that_say_why(
+    server: LiveServer, path: str, body: bytes, status: int, message: str
+) -> None:
     got, answer = server.json("POST", path, body)
     assert got == status and message in answer["error"]
 
@@ -412,9 +448,10 @@ def test_one_request_at_a_time_uses_the_model(server: LiveServer, speech: list[P
 
     service._codec = CountingCodec()
     results: list[tuple[int, Any]] = []
-    threads = [threading.Thread(target=lambda: results.append(server.json("POST", "/api/encode",
-                                                                          speech[0].read_bytes())))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(server.json("POST", "/api/encode", speech[0].read_bytes())))
+        for _ in range(3)
+    ]
     try:
         for thread in threads:
             thread.start()
@@ -442,22 +479,22 @@ def test_sniff_audio_recognises_containers() -> None:
 def fake_serve(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Record what `mimistack serve` would run instead of binding a socket."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(server_app, "serve", lambda settings, **kwargs: calls.append({"settings": settings,
-                                                                                     **kwargs}))
+    monkeypatch.setattr(server_app, "serve", lambda settings, **kwargs: calls.append({"settings": settings, **kwargs}))
     return calls
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.org"])
-def test_serve_refuses_a_remote_bind_without_the_flag(host: str, tiny_checkpoint: Path,
-                                                     fake_serve: list[dict[str, Any]],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_a_remote_bind_without_the_flag(
+    host: str, tiny_checkpoint: Path, fake_serve: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["serve", "--weights", str(tiny_checkpoint), "--host", host])
     err = capsys.readouterr().err
     assert code == 2 and "--allow-remote" in err and fake_serve == []
 
 
-def test_serve_remote_bind_with_the_flag_warns(tiny_checkpoint: Path, fake_serve: list[dict[str, Any]],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_remote_bind_with_the_flag_warns(
+    tiny_checkpoint: Path, fake_serve: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["serve", "--weights", str(tiny_checkpoint), "--host", "0.0.0.0", "--allow-remote", "--port", "9000"])
     err = capsys.readouterr().err
     assert code == 0 and "WARNING" in err and "0.0.0.0" in err
@@ -466,8 +503,9 @@ def test_serve_remote_bind_with_the_flag_warns(tiny_checkpoint: Path, fake_serve
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
-def test_serve_binds_loopback_without_warning(host: str, tiny_checkpoint: Path, fake_serve: list[dict[str, Any]],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_binds_loopback_without_warning(
+    host: str, tiny_checkpoint: Path, fake_serve: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["serve", "--weights", str(tiny_checkpoint), "--host", host, "--max-upload-mb", "1"])
     err = capsys.readouterr().err
     assert code == 0 and "WARNING" not in err
@@ -476,15 +514,17 @@ def test_serve_binds_loopback_without_warning(host: str, tiny_checkpoint: Path, 
     assert settings.cross_origin_isolation is True
 
 
-def test_serve_default_is_loopback(tiny_checkpoint: Path, fake_serve: list[dict[str, Any]],
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_default_is_loopback(
+    tiny_checkpoint: Path, fake_serve: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["serve", "--weights", str(tiny_checkpoint), "--no-isolation"]) == 0
     assert fake_serve[0]["host"] == "127.0.0.1" and fake_serve[0]["port"] == 8765
     assert fake_serve[0]["settings"].cross_origin_isolation is False
     assert "http://127.0.0.1:8765/" in capsys.readouterr().err
 
 
-def test_serve_checks_the_onnx_folder(tmp_path: Path, tiny_checkpoint: Path, fake_serve: list[dict[str, Any]],
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_checks_the_onnx_folder(
+    tmp_path: Path, tiny_checkpoint: Path, fake_serve: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
     code = main(["serve", "--weights", str(tiny_checkpoint), "--onnx", str(tmp_path)])
     assert code == 2 and "manifest.json" in capsys.readouterr().err and fake_serve == []

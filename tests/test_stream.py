@@ -56,8 +56,12 @@ from mimistack.stream import (
 )
 from mimistack.testing import synthetic_signal
 
-HYPOTHESIS = settings(database=None, max_examples=int(os.environ.get("MIMISTACK_HYPOTHESIS_EXAMPLES", "60")),
-                      deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS = settings(
+    database=None,
+    max_examples=int(os.environ.get("MIMISTACK_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 SHA = "0123456789abcdef" * 4
 FRAME = 1920
 
@@ -70,18 +74,55 @@ def codec() -> Codec:
 def test_public_names() -> None:
     assert stream.__all__ == sorted(stream.__all__, key=lambda name: (not name.isupper(), name))
     assert all(hasattr(stream, name) for name in stream.__all__)
-    assert {"MessageKind", "Hello", "Frame", "Feedback", "Bandwidth", "End", "ErrorMessage", "decode_message",
-            "ProtocolError", "plan_frames", "send_stream", "StreamReceiver", "LossyRelay"} <= set(stream.__all__)
+    assert {
+        "MessageKind",
+        "Hello",
+        "Frame",
+        "Feedback",
+        "Bandwidth",
+        "End",
+        "ErrorMessage",
+        "decode_message",
+        "ProtocolError",
+        "plan_frames",
+        "send_stream",
+        "StreamReceiver",
+        "LossyRelay",
+    } <= set(stream.__all__)
 
 
 # -- wire format: one example per kind ---------------------------------------------------------------------------
 EXAMPLES = [
-    pytest.param(Hello(num_levels=32, max_levels=24, sample_rate=24_000, frame_size=1920, codebook_size=2048,
-                       weights_sha256=SHA, stream_start_us=1_767_225_600_123_456, num_samples=None,
-                       cache_mode="moshi", rate_control="feedback", codec_config='{"a": "é ✓ 🎧"}'), id="HELLO"),
+    pytest.param(
+        Hello(
+            num_levels=32,
+            max_levels=24,
+            sample_rate=24_000,
+            frame_size=1920,
+            codebook_size=2048,
+            weights_sha256=SHA,
+            stream_start_us=1_767_225_600_123_456,
+            num_samples=None,
+            cache_mode="moshi",
+            rate_control="feedback",
+            codec_config='{"a": "é ✓ 🎧"}',
+        ),
+        id="HELLO",
+    ),
     pytest.param(Frame(4_294_967_290, np.array([[0, 1024, 77], [2047, 1, 2000]]), 11), id="FRAME"),
-    pytest.param(Feedback(sequence=7, frames_played=125, frames_concealed=12, level_count=22, delivered_bps=4321,
-                          loss_permille=96, latency_us=180_000, queue_delay_us=2**32 - 1), id="FEEDBACK"),
+    pytest.param(
+        Feedback(
+            sequence=7,
+            frames_played=125,
+            frames_concealed=12,
+            level_count=22,
+            delivered_bps=4321,
+            loss_permille=96,
+            latency_us=180_000,
+            queue_delay_us=2**32 - 1,
+        ),
+        id="FEEDBACK",
+    ),
     pytest.param(Bandwidth(from_frame=18, estimate_bps=4400, level_count=22, frames_per_message=1), id="BANDWIDTH"),
     pytest.param(End(num_frames=63, num_samples=120_000), id="END"),
     pytest.param(ErrorMessage(code=ErrorCode.INCOMPATIBLE, text="weights differ ✗"), id="ERROR"),
@@ -99,8 +140,13 @@ def test_every_message_kind_round_trips(message: stream.Message) -> None:
 
 
 def test_message_lengths_follow_the_spec() -> None:
-    sizes = {MessageKind.HELLO: 68, MessageKind.FEEDBACK: 29, MessageKind.BANDWIDTH: 12, MessageKind.END: 14,
-             MessageKind.ERROR: 6}
+    sizes = {
+        MessageKind.HELLO: 68,
+        MessageKind.FEEDBACK: 29,
+        MessageKind.BANDWIDTH: 12,
+        MessageKind.END: 14,
+        MessageKind.ERROR: 6,
+    }
     for param in EXAMPLES:
         message = param.values[0]
         data = message.encode()
@@ -136,22 +182,25 @@ def test_hello_field_offsets() -> None:
     assert Hello.decode(data).frame_rate == 12.5
 
 
-@pytest.mark.parametrize(("data", "match"), [
-    pytest.param(b"", "at least 2 bytes", id="empty"),
-    pytest.param(bytes([9, 1]), "unknown message kind 9", id="unknown-kind"),
-    pytest.param(bytes([0, 1]), "unknown message kind 0", id="kind-zero"),
-    pytest.param(End(1, 5).encode()[:-1], "END message is 13 bytes, expected 14", id="short"),
-    pytest.param(End(1, 5).encode() + b"\0", "END message is 15 bytes", id="long"),
-    pytest.param(bytes([5, 1]) + struct.pack("<IQ", 1, 2**53), "num_samples", id="unsafe-u64"),
-    pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 0, 1, 1, 11) + b"\x01\xf8", "padding", id="padding"),
-    pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 0, 0, 1, 11), "at least 1", id="no-frames"),
-    pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 0, 1, 1, 17) + b"\0\0\0", "1-16", id="width"),
-    pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 2**32 - 1, 2, 1, 8) + b"\0\0", "past frame", id="index"),
-    pytest.param(bytes([6, 1]) + struct.pack("<HH", 1, 2) + b"\xed\xa0", "UTF-8", id="bad-utf8"),
-    pytest.param(bytes([3, 1]) + bytes(24) + b"\0" + struct.pack("<H", 1001), "loss_permille", id="loss"),
-    pytest.param(bytes([4, 1]) + struct.pack("<IIBB", 0, 0, 0, 1), "level_count", id="bandwidth-levels"),
-    pytest.param("text", "binary", id="text-message"),
-])
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        pytest.param(b"", "at least 2 bytes", id="empty"),
+        pytest.param(bytes([9, 1]), "unknown message kind 9", id="unknown-kind"),
+        pytest.param(bytes([0, 1]), "unknown message kind 0", id="kind-zero"),
+        pytest.param(End(1, 5).encode()[:-1], "END message is 13 bytes, expected 14", id="short"),
+        pytest.param(End(1, 5).encode() + b"\0", "END message is 15 bytes", id="long"),
+        pytest.param(bytes([5, 1]) + struct.pack("<IQ", 1, 2**53), "num_samples", id="unsafe-u64"),
+        pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 0, 1, 1, 11) + b"\x01\xf8", "padding", id="padding"),
+        pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 0, 0, 1, 11), "at least 1", id="no-frames"),
+        pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 0, 1, 1, 17) + b"\0\0\0", "1-16", id="width"),
+        pytest.param(bytes([2, 1]) + struct.pack("<IBBB", 2**32 - 1, 2, 1, 8) + b"\0\0", "past frame", id="index"),
+        pytest.param(bytes([6, 1]) + struct.pack("<HH", 1, 2) + b"\xed\xa0", "UTF-8", id="bad-utf8"),
+        pytest.param(bytes([3, 1]) + bytes(24) + b"\0" + struct.pack("<H", 1001), "loss_permille", id="loss"),
+        pytest.param(bytes([4, 1]) + struct.pack("<IIBB", 0, 0, 0, 1), "level_count", id="bandwidth-levels"),
+        pytest.param("text", "binary", id="text-message"),
+    ],
+)
 def test_malformed_messages_are_protocol_errors(data: bytes | str, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         decode_message(data)
@@ -167,9 +216,13 @@ def test_unknown_version_is_a_version_error() -> None:
 
 def test_hello_rules_are_checked_on_both_sides() -> None:
     base = EXAMPLES[0].values[0]
-    for field, value, match in [("max_levels", 33, "max_levels"), ("weights_sha256", "ABC", "hex digits"),
-                                ("cache_mode", "fast", "cache_mode"), ("num_samples", 2**53, "num_samples"),
-                                ("codebook_size", 0, "codebook_size")]:
+    for field, value, match in [
+        ("max_levels", 33, "max_levels"),
+        ("weights_sha256", "ABC", "hex digits"),
+        ("cache_mode", "fast", "cache_mode"),
+        ("num_samples", 2**53, "num_samples"),
+        ("codebook_size", 0, "codebook_size"),
+    ]:
         with pytest.raises(ProtocolError, match=match):
             Hello(**{**base.__dict__, field: value}).encode()
     data = bytearray(base.encode())
@@ -197,12 +250,19 @@ SAFE = st.integers(0, 2**53 - 1)
 @st.composite
 def hellos(draw: st.DrawFn) -> Hello:
     num_levels = draw(st.integers(1, 255))
-    return Hello(num_levels=num_levels, max_levels=draw(st.integers(1, num_levels)),
-                 sample_rate=draw(st.integers(1, 2**32 - 1)), frame_size=draw(st.integers(1, 2**32 - 1)),
-                 codebook_size=draw(st.integers(1, 65536)),
-                 weights_sha256=draw(st.binary(min_size=32, max_size=32)).hex(), stream_start_us=draw(SAFE),
-                 num_samples=draw(st.none() | SAFE), cache_mode=draw(st.sampled_from(stream.CACHE_MODES)),
-                 rate_control=draw(st.sampled_from(stream.RATE_CONTROLS)), codec_config=draw(st.text(max_size=40)))
+    return Hello(
+        num_levels=num_levels,
+        max_levels=draw(st.integers(1, num_levels)),
+        sample_rate=draw(st.integers(1, 2**32 - 1)),
+        frame_size=draw(st.integers(1, 2**32 - 1)),
+        codebook_size=draw(st.integers(1, 65536)),
+        weights_sha256=draw(st.binary(min_size=32, max_size=32)).hex(),
+        stream_start_us=draw(SAFE),
+        num_samples=draw(st.none() | SAFE),
+        cache_mode=draw(st.sampled_from(stream.CACHE_MODES)),
+        rate_control=draw(st.sampled_from(stream.RATE_CONTROLS)),
+        codec_config=draw(st.text(max_size=40)),
+    )
 
 
 @st.composite
@@ -215,11 +275,26 @@ def frames(draw: st.DrawFn) -> Frame:
 
 
 MESSAGES = st.one_of(
-    hellos(), frames(),
-    st.builds(Feedback, sequence=U32, frames_played=U32, frames_concealed=U32, level_count=st.integers(0, 255),
-              delivered_bps=U32, loss_permille=st.integers(0, 1000), latency_us=U32, queue_delay_us=U32),
-    st.builds(Bandwidth, from_frame=U32, estimate_bps=U32, level_count=st.integers(1, 255),
-              frames_per_message=st.integers(1, 255)),
+    hellos(),
+    frames(),
+    st.builds(
+        Feedback,
+        sequence=U32,
+        frames_played=U32,
+        frames_concealed=U32,
+        level_count=st.integers(0, 255),
+        delivered_bps=U32,
+        loss_permille=st.integers(0, 1000),
+        latency_us=U32,
+        queue_delay_us=U32,
+    ),
+    st.builds(
+        Bandwidth,
+        from_frame=U32,
+        estimate_bps=U32,
+        level_count=st.integers(1, 255),
+        frames_per_message=st.integers(1, 255),
+    ),
     st.builds(End, num_frames=U32, num_samples=SAFE),
     st.builds(ErrorMessage, code=st.integers(0, 65535), text=st.text(max_size=60)),
 )
@@ -243,8 +318,12 @@ def _decode_or_protocol_error(data: bytes) -> None:
 
 
 @HYPOTHESIS
-@given(st.binary(max_size=120) | st.tuples(st.integers(1, 6), st.binary(max_size=120)).map(
-    lambda pair: bytes([pair[0], PROTOCOL_VERSION]) + pair[1]))
+@given(
+    st.binary(max_size=120)
+    | st.tuples(st.integers(1, 6), st.binary(max_size=120)).map(
+        lambda pair: bytes([pair[0], PROTOCOL_VERSION]) + pair[1]
+    )
+)
 def test_random_bytes_raise_only_protocol_errors(data: bytes) -> None:
     _decode_or_protocol_error(data)
 
@@ -264,8 +343,9 @@ def test_mutated_messages_raise_only_protocol_errors(message: stream.Message, da
 # -- the rate rule, schedules, the simulated link -------------------------------------------------------------------
 @HYPOTHESIS
 @given(st.floats(0, 20_000), st.integers(1, 16), st.integers(1, 32), st.integers(1, 16))
-def test_plan_is_the_smallest_batch_and_the_most_levels_that_fit(bandwidth: float, width: int, max_levels: int,
-                                                                 max_batch: int) -> None:
+def test_plan_is_the_smallest_batch_and_the_most_levels_that_fit(
+    bandwidth: float, width: int, max_levels: int, max_batch: int
+) -> None:
     plan = plan_frames(bandwidth, bits_per_token=width, max_levels=max_levels, max_frames_per_message=max_batch)
     usable = bandwidth * 0.9 * 0.08
 
@@ -294,8 +374,14 @@ def test_schedule_parse_and_lookup() -> None:
     assert [schedule.at(t) for t in (-1, 0, 1.99, 2, 4.9, 5, 100)] == [200, 200, 200, 4400, 4400, 500, 500]
     assert schedule.next_change(2) == 5 and schedule.next_change(5) is None
     assert str(schedule) == "0:200,2:4400,5:500"
-    for bad, match in [("1:200", "start at time 0"), ("0:200,3:100,2:50", "increase"), ("0-200", "SECONDS:BITRATE"),
-                       ("0:fast", "not a bitrate"), ("x:100", "not a number"), ("0:-5", "not a bitrate")]:
+    for bad, match in [
+        ("1:200", "start at time 0"),
+        ("0:200,3:100,2:50", "increase"),
+        ("0-200", "SECONDS:BITRATE"),
+        ("0:fast", "not a bitrate"),
+        ("x:100", "not a number"),
+        ("0:-5", "not a bitrate"),
+    ]:
         with pytest.raises(ValueError, match=match):
             BandwidthSchedule.parse(bad)
 
@@ -340,10 +426,17 @@ START = 1000.0
 
 
 def _hello(codec: Codec, num_samples: int | None = None, **fields: object) -> Hello:
-    values = dict(num_levels=codec.num_levels, max_levels=codec.num_levels, sample_rate=codec.sample_rate,
-                  frame_size=codec.frame_size, codebook_size=codec.codebook_size,
-                  weights_sha256=codec.weights_sha256, stream_start_us=round(START * 1e6), num_samples=num_samples,
-                  codec_config=codec.config.to_json())
+    values = dict(
+        num_levels=codec.num_levels,
+        max_levels=codec.num_levels,
+        sample_rate=codec.sample_rate,
+        frame_size=codec.frame_size,
+        codebook_size=codec.codebook_size,
+        weights_sha256=codec.weights_sha256,
+        stream_start_us=round(START * 1e6),
+        num_samples=num_samples,
+        codec_config=codec.config.to_json(),
+    )
     values.update(fields)
     return Hello(**values)
 
@@ -368,7 +461,7 @@ class _Session:
         self.replies += [decode_message(reply) for reply in self.session.handle(message.encode(), at)]
 
     def frame(self, codes: np.ndarray, first: int, levels: int, at: float | None = None) -> None:
-        block = codes[:levels, first:first + 1] if codes.ndim == 2 else codes
+        block = codes[:levels, first : first + 1] if codes.ndim == 2 else codes
         self.send(Frame(first, block, self.width), _capture(first) + 0.01 if at is None else at)
 
     def tick(self, at: float) -> None:
@@ -389,8 +482,9 @@ def speechlike(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
 def _reference(codec: Codec, steps: list[tuple[np.ndarray, int]]) -> np.ndarray:
     """Decode tokens `[num_levels]` with level counts, one frame at a time, as a receiver should."""
     decoder = codec.stream_decoder()
-    return np.concatenate([decoder.push(tokens[:, None], levels=Levels.prefix(levels, codec.num_levels))
-                           for tokens, levels in steps])
+    return np.concatenate(
+        [decoder.push(tokens[:, None], levels=Levels.prefix(levels, codec.num_levels)) for tokens, levels in steps]
+    )
 
 
 def test_receiver_decodes_each_frame_with_the_levels_it_got(codec: Codec, speechlike) -> None:
@@ -404,7 +498,7 @@ def test_receiver_decodes_each_frame_with_the_levels_it_got(codec: Codec, speech
     report = receiver.session.report()
     assert report.complete and report.num_samples == pcm.size == receiver.pcm.size
     assert [r.levels_received for r in report.frames] == levels and not report.concealed
-    expected = _reference(codec, [(codes[:, i], levels[i]) for i in range(frames)])[:pcm.size]
+    expected = _reference(codec, [(codes[:, i], levels[i]) for i in range(frames)])[: pcm.size]
     np.testing.assert_array_equal(receiver.pcm, expected)
     assert all(0.009 < r.latency < 0.011 for r in report.frames[:-1])
     assert isinstance(receiver.replies[-1], Feedback) and receiver.replies[-1].frames_played == frames
@@ -425,16 +519,18 @@ def test_lost_frames_are_concealed_by_repeating_tokens_with_fewer_levels(codec: 
     assert [report.frames[i].levels_decoded for i in sorted(lost)] == [16, 8, 4, 2, 1, 1, 1, 1]
     for index in lost:
         np.testing.assert_array_equal(receiver.session.tokens[index], codes[:, 2])
-    steps = [(codes[:, i], 32) if i not in lost else (codes[:, 2], report.frames[i].levels_decoded)
-             for i in range(frames)]
-    reference = _reference(codec, steps)[:pcm.size]
+    steps = [
+        (codes[:, i], 32) if i not in lost else (codes[:, 2], report.frames[i].levels_decoded) for i in range(frames)
+    ]
+    reference = _reference(codec, steps)[: pcm.size]
     output = receiver.pcm
-    np.testing.assert_array_equal(output[:5 * FRAME], reference[:5 * FRAME])  # two concealed frames at full gain
-    assert np.abs(output[5 * FRAME:8 * FRAME]).max() > 0  # fading out over frames 5-7
-    assert not output[8 * FRAME:11 * FRAME].any()  # silent from the sixth concealed frame
-    np.testing.assert_allclose(output[12 * FRAME - 10:12 * FRAME], reference[12 * FRAME - 10:12 * FRAME],
-                               rtol=0.01, atol=1e-6)  # frame 11 fades back in
-    np.testing.assert_array_equal(output[12 * FRAME:], reference[12 * FRAME:])
+    np.testing.assert_array_equal(output[: 5 * FRAME], reference[: 5 * FRAME])  # two concealed frames at full gain
+    assert np.abs(output[5 * FRAME : 8 * FRAME]).max() > 0  # fading out over frames 5-7
+    assert not output[8 * FRAME : 11 * FRAME].any()  # silent from the sixth concealed frame
+    np.testing.assert_allclose(
+        output[12 * FRAME - 10 : 12 * FRAME], reference[12 * FRAME - 10 : 12 * FRAME], rtol=0.01, atol=1e-6
+    )  # frame 11 fades back in
+    np.testing.assert_array_equal(output[12 * FRAME :], reference[12 * FRAME :])
 
 
 def test_first_frames_lost_give_silence_of_the_right_length(codec: Codec, speechlike) -> None:
@@ -445,7 +541,7 @@ def test_first_frames_lost_give_silence_of_the_right_length(codec: Codec, speech
         receiver.frame(codes, index, 4)
     receiver.send(End(frames, pcm.size), _capture(frames))
     assert receiver.pcm.size == pcm.size
-    assert not receiver.pcm[:2 * FRAME].any() and receiver.pcm[3 * FRAME:].any()
+    assert not receiver.pcm[: 2 * FRAME].any() and receiver.pcm[3 * FRAME :].any()
 
 
 def test_a_frame_missing_at_its_deadline_is_concealed_and_dropped_when_it_comes(codec: Codec, speechlike) -> None:
@@ -486,7 +582,7 @@ def test_feedback_reports_levels_bitrate_loss_and_latency(codec: Codec, speechli
     receiver = _Session(codec, _hello(codec), feedback_interval=0.25)
     sent = 0
     for index in (0, 1, 3):  # frame 2 lost
-        message = Frame(index, codes[:5, index:index + 1], receiver.width)
+        message = Frame(index, codes[:5, index : index + 1], receiver.width)
         sent += len(message.encode())
         receiver.send(message, _capture(index) + 0.05)
     feedback = [reply for reply in receiver.replies if isinstance(reply, Feedback)]
@@ -499,14 +595,19 @@ def test_feedback_reports_levels_bitrate_loss_and_latency(codec: Codec, speechli
     assert last.delivered_bps == round((hello_bytes + sent) * 8 / (_capture(3) + 0.05 - START))
 
 
-@pytest.mark.parametrize(("setup", "message", "code", "match"), [
-    pytest.param(False, End(0, 0), ErrorCode.STATE, "END before HELLO", id="before-hello"),
-    pytest.param(True, "hello", ErrorCode.STATE, "second HELLO", id="second-hello"),
-    pytest.param(True, Feedback(0, 0, 0, 0, 0, 0, 0, 0), ErrorCode.STATE, "FEEDBACK goes", id="feedback"),
-    pytest.param(True, Frame(0, np.zeros((1, 1), dtype=int), 11), ErrorCode.PROTOCOL, "6 needs|needs 6", id="width"),
-    pytest.param(True, Frame(2000, np.zeros((1, 1), dtype=int), 6), ErrorCode.PROTOCOL, "jumps", id="gap"),
-    pytest.param(True, End(2, 100), ErrorCode.PROTOCOL, "1 frames cover", id="end-mismatch"),
-])
+@pytest.mark.parametrize(
+    ("setup", "message", "code", "match"),
+    [
+        pytest.param(False, End(0, 0), ErrorCode.STATE, "END before HELLO", id="before-hello"),
+        pytest.param(True, "hello", ErrorCode.STATE, "second HELLO", id="second-hello"),
+        pytest.param(True, Feedback(0, 0, 0, 0, 0, 0, 0, 0), ErrorCode.STATE, "FEEDBACK goes", id="feedback"),
+        pytest.param(
+            True, Frame(0, np.zeros((1, 1), dtype=int), 11), ErrorCode.PROTOCOL, "6 needs|needs 6", id="width"
+        ),
+        pytest.param(True, Frame(2000, np.zeros((1, 1), dtype=int), 6), ErrorCode.PROTOCOL, "jumps", id="gap"),
+        pytest.param(True, End(2, 100), ErrorCode.PROTOCOL, "1 frames cover", id="end-mismatch"),
+    ],
+)
 def test_session_rule_violations(codec: Codec, setup: bool, message: object, code: int, match: str) -> None:
     session = ReceiverSession(codec)
     if setup:
@@ -528,8 +629,9 @@ def test_receiver_refuses_other_weights_and_configs(codec: Codec, tiny_codec: Co
         ReceiverSession(codec).handle(_hello(codec, codebook_size=2048).encode(), START)
 
 
-def test_received_mimi_holds_the_guaranteed_levels_and_names_concealed_frames(codec: Codec, speechlike,
-                                                                              tmp_path: Path) -> None:
+def test_received_mimi_holds_the_guaranteed_levels_and_names_concealed_frames(
+    codec: Codec, speechlike, tmp_path: Path
+) -> None:
     pcm, codes = speechlike
     frames = codes.shape[1]
     receiver = _Session(codec, _hello(codec))
@@ -558,8 +660,9 @@ def _run(coroutine: object, timeout: float = 60) -> object:
     return asyncio.run(asyncio.wait_for(coroutine, timeout))  # type: ignore[arg-type]
 
 
-async def _session_through_relay(codec: Codec, pcm: np.ndarray, schedule: BandwidthSchedule, rate: object,
-                                 seed: int, **receiver_options: object) -> tuple:
+async def _session_through_relay(
+    codec: Codec, pcm: np.ndarray, schedule: BandwidthSchedule, rate: object, seed: int, **receiver_options: object
+) -> tuple:
     audio: list[np.ndarray] = []
     async with StreamReceiver(codec, on_audio=audio.append, **receiver_options) as receiver:
         async with LossyRelay(receiver.uri, schedule, loss=0.1, seed=seed) as relay:
@@ -572,8 +675,9 @@ def test_stream_follows_the_schedule_conceals_loss_and_keeps_latency_bounded(cod
     pcm = synthetic_signal(4.5, seed=11)  # 56.25 frames
     schedule = BandwidthSchedule.parse(SCHEDULE)
     started = time.perf_counter()
-    sent, report, relay, audio, session = _run(_session_through_relay(
-        codec, pcm, schedule, ScheduledRate(schedule), seed=15, max_delay=4.0))
+    sent, report, relay, audio, session = _run(
+        _session_through_relay(codec, pcm, schedule, ScheduledRate(schedule), seed=15, max_delay=4.0)
+    )
     elapsed = time.perf_counter() - started
     hello = report.hello
     frames = -(-pcm.size // FRAME)
@@ -593,8 +697,11 @@ def test_stream_follows_the_schedule_conceals_loss_and_keeps_latency_bounded(cod
     few = 3 * 0.08
     for start, stop in zip(changes, [*changes[1:], math.inf]):
         plan = plan_frames(schedule.at(start), bits_per_token=hello.bits_per_token, max_levels=hello.max_levels)
-        settled = [r for r in report.frames
-                   if not r.concealed and start + few <= r.capture_time - _stream_start(report) < stop - few]
+        settled = [
+            r
+            for r in report.frames
+            if not r.concealed and start + few <= r.capture_time - _stream_start(report) < stop - few
+        ]
         assert settled, f"no received frame between {start} s and {stop} s"
         assert {r.levels_received for r in settled} == {plan.level_count}, (start, plan)
     assert {plan.level_count for _, _, plan in sent.plans} == {1, 32, 2}
@@ -711,13 +818,32 @@ def test_cli_send_and_receive(tmp_path: Path, codec: Codec, capsys: pytest.Captu
     out, mimi = tmp_path / "out.wav", tmp_path / "out.mimi"
     port = _free_port()
     status: dict[str, int] = {}
-    receiving = threading.Thread(target=lambda: status.setdefault("receive", main(
-        ["stream", "receive", "--listen", f"127.0.0.1:{port}", "-o", str(out), "--mimi", str(mimi),
-         "--weights", "random-tiny", "--idle-timeout", "20"])))
+    receiving = threading.Thread(
+        target=lambda: status.setdefault(
+            "receive",
+            main(
+                [
+                    "stream",
+                    "receive",
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "-o",
+                    str(out),
+                    "--mimi",
+                    str(mimi),
+                    "--weights",
+                    "random-tiny",
+                    "--idle-timeout",
+                    "20",
+                ]
+            ),
+        )
+    )
     receiving.start()
     _wait_for_port(port)
-    status["send"] = main(["stream", "send", str(source), f"ws://127.0.0.1:{port}", "--bitrate", "2k",
-                           "--weights", "random-tiny"])
+    status["send"] = main(
+        ["stream", "send", str(source), f"ws://127.0.0.1:{port}", "--bitrate", "2k", "--weights", "random-tiny"]
+    )
     receiving.join(30)
     captured = capsys.readouterr()
     assert status == {"send": 0, "receive": 0}, captured.err
@@ -730,29 +856,41 @@ def test_cli_send_and_receive(tmp_path: Path, codec: Codec, capsys: pytest.Captu
     assert grid.num_frames == 27 and len(grid.levels_present) == expected
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    pytest.param(["stream", "receive", "--listen", "0.0.0.0:9", "-o", "{tmp}/o.wav"], "refusing to listen",
-                 id="remote"),
-    pytest.param(["stream", "receive", "--listen", "9", "-o", "{tmp}/o.wav"], "HOST:PORT", id="listen-format"),
-    pytest.param(["stream", "receive", "-o", "{tmp}/exists.wav"], "exists; pass --force", id="overwrite"),
-    pytest.param(["stream", "receive", "-o", "{tmp}/o.mp3"], ".wav or .flac", id="format"),
-    pytest.param(["stream", "send", "ws://127.0.0.1:9"], "input file or --mic", id="no-source"),
-    pytest.param(["stream", "send", "{tmp}/exists.wav", "http://x"], "ws:// or wss://", id="uri"),
-    pytest.param(["stream", "send", "{tmp}/exists.wav", "ws://127.0.0.1:9", "--schedule", "3:100"],
-                 "start at time 0", id="schedule"),
-    pytest.param(["stream", "send", "{tmp}/exists.wav", "ws://127.0.0.1:9", "--schedule", "0:100", "--bitrate", "5"],
-                 "cannot be combined", id="both-rates"),
-])
-def test_cli_rejects_bad_requests(tmp_path: Path, argv: list[str], message: str,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["stream", "receive", "--listen", "0.0.0.0:9", "-o", "{tmp}/o.wav"], "refusing to listen", id="remote"
+        ),
+        pytest.param(["stream", "receive", "--listen", "9", "-o", "{tmp}/o.wav"], "HOST:PORT", id="listen-format"),
+        pytest.param(["stream", "receive", "-o", "{tmp}/exists.wav"], "exists; pass --force", id="overwrite"),
+        pytest.param(["stream", "receive", "-o", "{tmp}/o.mp3"], ".wav or .flac", id="format"),
+        pytest.param(["stream", "send", "ws://127.0.0.1:9"], "input file or --mic", id="no-source"),
+        pytest.param(["stream", "send", "{tmp}/exists.wav", "http://x"], "ws:// or wss://", id="uri"),
+        pytest.param(
+            ["stream", "send", "{tmp}/exists.wav", "ws://127.0.0.1:9", "--schedule", "3:100"],
+            "start at time 0",
+            id="schedule",
+        ),
+        pytest.param(
+            ["stream", "send", "{tmp}/exists.wav", "ws://127.0.0.1:9", "--schedule", "0:100", "--bitrate", "5"],
+            "cannot be combined",
+            id="both-rates",
+        ),
+    ],
+)
+def test_cli_rejects_bad_requests(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "exists.wav").write_bytes(b"")
     code = main([arg.replace("{tmp}", str(tmp_path)) for arg in argv] + ["--weights", "random-tiny"])
     assert code == 2
     assert message in capsys.readouterr().err
 
 
-def test_cli_mic_without_sounddevice_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_mic_without_sounddevice_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if the package were missing
     assert main(["stream", "send", "--mic", "ws://127.0.0.1:9", "--weights", "random-tiny"]) == 1
     assert "pip install sounddevice" in capsys.readouterr().err
@@ -763,6 +901,19 @@ def test_cli_send_reports_an_unreachable_receiver(tmp_path: Path, capsys: pytest
 
     save_audio(tmp_path / "in.wav", synthetic_signal(0.5))
     port = _free_port()
-    assert main(["stream", "send", str(tmp_path / "in.wav"), f"ws://127.0.0.1:{port}", "--bitrate", "1000",
-                 "--weights", "random-tiny"]) == 1
+    assert (
+        main(
+            [
+                "stream",
+                "send",
+                str(tmp_path / "in.wav"),
+                f"ws://127.0.0.1:{port}",
+                "--bitrate",
+                "1000",
+                "--weights",
+                "random-tiny",
+            ]
+        )
+        == 1
+    )
     assert f"cannot connect to the receiver at ws://127.0.0.1:{port}" in capsys.readouterr().err

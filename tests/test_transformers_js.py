@@ -33,9 +33,20 @@ def test_transformers_js_mimi_model_reproduces_python(tiny_onnx_dir: Path, tiny_
     pcm = synthetic_signal(2.0, seed=13)[: 2 * 24000 - 500]  # not a whole number of frames: the graph pads
     pcm.astype("<f4").tofile(tmp_path / "input.f32")
     counts = [1, 2, 8, 32]
-    result = subprocess.run([NODE, str(JS_DIR / "mimi_roundtrip.mjs"), str(folder), str(tmp_path / "input.f32"),
-                             str(tmp_path / "output.json"), ",".join(map(str, counts))],
-                            capture_output=True, text=True, timeout=300, cwd=JS_DIR)
+    result = subprocess.run(
+        [
+            NODE,
+            str(JS_DIR / "mimi_roundtrip.mjs"),
+            str(folder),
+            str(tmp_path / "input.f32"),
+            str(tmp_path / "output.json"),
+            ",".join(map(str, counts)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=JS_DIR,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     output = json.loads((tmp_path / "output.json").read_text())
 

@@ -41,8 +41,12 @@ def test_layout_matches_moshi_model() -> None:
     from moshi.models.loaders import get_mimi
 
     reference = get_mimi(None, device="cpu", num_codebooks=32).state_dict()
-    renamed = {k.replace("in_projs.0.weight", "in_proj_weight").replace("out_projs.0.weight", "out_proj.weight"):
-               tuple(v.shape) for k, v in reference.items()}
+    renamed = {
+        k.replace("in_projs.0.weight", "in_proj_weight").replace("out_projs.0.weight", "out_proj.weight"): tuple(
+            v.shape
+        )
+        for k, v in reference.items()
+    }
     assert renamed == expected_shapes(MimiConfig.official())
 
 
@@ -81,12 +85,13 @@ def test_rope_permutation_turns_interleaved_into_rotate_half() -> None:
         v = v.reshape(steps, heads, head_dim)
         c = np.concatenate([cos, cos], -1)[:, None]
         s = np.concatenate([sin, sin], -1)[:, None]
-        half = np.concatenate([-v[..., head_dim // 2:], v[..., :head_dim // 2]], -1)
+        half = np.concatenate([-v[..., head_dim // 2 :], v[..., : head_dim // 2]], -1)
         return v * c + half * s
 
     scores = np.einsum("thd,shd->hts", interleaved(x @ wq.T), interleaved(x @ wk.T))
-    permuted = np.einsum("thd,shd->hts", rotate_half(x @ _rope_permute(wq, heads).T),
-                         rotate_half(x @ _rope_permute(wk, heads).T))
+    permuted = np.einsum(
+        "thd,shd->hts", rotate_half(x @ _rope_permute(wq, heads).T), rotate_half(x @ _rope_permute(wk, heads).T)
+    )
     np.testing.assert_allclose(permuted, scores, rtol=1e-10, atol=1e-10)
 
 
@@ -129,8 +134,7 @@ def test_official_config_is_assumed_without_metadata(tmp_path: Path, tiny_checkp
     [
         pytest.param("model.pt", b"PK\x03\x04rest", "pickle", id="torch-zip"),
         pytest.param("model.safetensors", b"\x80\x04\x95junk", "pickle", id="raw-pickle"),
-        pytest.param("model.safetensors", b"not a safetensors file at all", "not a readable safetensors",
-                     id="garbage"),
+        pytest.param("model.safetensors", b"not a safetensors file at all", "not a readable safetensors", id="garbage"),
     ],
 )
 def test_unsafe_or_unreadable_files_are_refused(tmp_path: Path, name: str, content: bytes, message: str) -> None:
@@ -189,8 +193,11 @@ def test_without_network_a_model_command_fails_fast_with_one_message(tmp_path: P
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_NETWORK)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")]),
-               HF_HOME=str(tmp_path / "hf-home"), MIMISTACK_CACHE=str(tmp_path / "cache"))
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), env.get("PYTHONPATH", "")]),
+        HF_HOME=str(tmp_path / "hf-home"),
+        MIMISTACK_CACHE=str(tmp_path / "cache"),
+    )
     if where == "resolve":
         command = [sys.executable, "-c", "import mimistack.weights as w; w.resolve_weights('kyutai/mimi')"]
     else:
@@ -215,8 +222,9 @@ def test_without_network_a_model_command_fails_fast_with_one_message(tmp_path: P
         assert completed.returncode == 2 and not (tmp_path / "a.mimi").exists()
 
 
-def test_hub_id_resolves_from_the_offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                tiny_checkpoint: Path) -> None:
+def test_hub_id_resolves_from_the_offline_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
     import huggingface_hub.constants as constants
 
     cache = tmp_path / "hub"

@@ -37,8 +37,18 @@ _EXPORTS = {
     "save_audio": "mimistack.audio",
 }
 
-__all__ = ["Codec", "Levels", "MimiConfig", "MimistackError", "OnnxOptions", "TokenGrid", "TorchOptions",
-           "__version__", "load_audio", "save_audio"]
+__all__ = [
+    "Codec",
+    "Levels",
+    "MimiConfig",
+    "MimistackError",
+    "OnnxOptions",
+    "TokenGrid",
+    "TorchOptions",
+    "__version__",
+    "load_audio",
+    "save_audio",
+]
 
 
 def __getattr__(name: str) -> Any:

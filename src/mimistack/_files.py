@@ -115,13 +115,16 @@ def discard(tmp: Path) -> None:
 
 
 @overload
-def atomic_write(target: str | os.PathLike[str], *, force: bool = ..., text: Literal[False] = ...
-                 ) -> contextlib.AbstractContextManager[BinaryIO]: ...
+def atomic_write(
+    target: str | os.PathLike[str], *, force: bool = ..., text: Literal[False] = ...
+) -> contextlib.AbstractContextManager[BinaryIO]: ...
 @overload
-def atomic_write(target: str | os.PathLike[str], *, force: bool = ..., text: Literal[True]
-                 ) -> contextlib.AbstractContextManager[TextIO]: ...
-def atomic_write(target: str | os.PathLike[str], *, force: bool = False, text: bool = False
-                 ) -> contextlib.AbstractContextManager[Any]:
+def atomic_write(
+    target: str | os.PathLike[str], *, force: bool = ..., text: Literal[True]
+) -> contextlib.AbstractContextManager[TextIO]: ...
+def atomic_write(
+    target: str | os.PathLike[str], *, force: bool = False, text: bool = False
+) -> contextlib.AbstractContextManager[Any]:
     """`with atomic_write(path) as handle: handle.write(...)`: the file appears, whole, only on success."""
     return _atomic_write(Path(target), force, text)
 

@@ -41,8 +41,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOUNDFILE_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".au", ".snd",
-                                ".w64", ".rf64", ".caf"})
+SOUNDFILE_SUFFIXES = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".aifc", ".au", ".snd", ".w64", ".rf64", ".caf"}
+)
 """Suffixes tried with soundfile (libsndfile) first; everything else goes to PyAV first."""
 AUDIO_SUFFIXES = SOUNDFILE_SUFFIXES | frozenset({".mp3", ".opus", ".m4a", ".aac", ".webm", ".mka", ".mp4", ".wma"})
 """The one list of suffixes that commands taking folders (`stats`, `quality`, `tokenize-corpus`) treat as audio."""
@@ -82,8 +83,9 @@ def validate_pcm(pcm: ArrayLike) -> NDArray[np.float32]:
     """
     array = np.asarray(pcm)
     if not np.issubdtype(array.dtype, np.floating):
-        raise AudioError(f"pcm must be floating point in [-1, 1], got dtype {array.dtype} "
-                         "(for int16 PCM divide by 32768)")
+        raise AudioError(
+            f"pcm must be floating point in [-1, 1], got dtype {array.dtype} (for int16 PCM divide by 32768)"
+        )
     shape = array.shape
     while array.ndim > 1 and array.shape[0] == 1:
         array = array[0]
@@ -156,8 +158,15 @@ class _SoundfileSource:
     def info(self, path: Path) -> AudioInfo:
         frames = int(self.file.frames)
         rate = int(self.file.samplerate)
-        return AudioInfo(path, rate, int(self.file.channels), frames, frames / rate,
-                         f"{self.file.format} ({self.file.subtype})", self.decoder)
+        return AudioInfo(
+            path,
+            rate,
+            int(self.file.channels),
+            frames,
+            frames / rate,
+            f"{self.file.format} ({self.file.subtype})",
+            self.decoder,
+        )
 
     def close(self) -> None:
         self.file.close()
@@ -181,8 +190,10 @@ class _PyAVSource:
         context = self.stream.codec_context
         if context.sample_rate <= 0 or context.layout.nb_channels <= 0:
             self.container.close()
-            raise _DecodeFailure(f"no decodable audio stream (format {self.container.format.name}, "
-                                 f"{context.sample_rate} Hz, {context.layout.nb_channels} channels)")
+            raise _DecodeFailure(
+                f"no decodable audio stream (format {self.container.format.name}, "
+                f"{context.sample_rate} Hz, {context.layout.nb_channels} channels)"
+            )
 
     def blocks(self) -> Iterator[tuple[np.ndarray, int]]:
         resampler = self._av.AudioResampler(format="fltp")  # planar float32, same layout and rate
@@ -218,8 +229,15 @@ class _PyAVSource:
             duration = float(self.stream.duration * self.stream.time_base)
         elif self.container.duration is not None:
             duration = self.container.duration / self._av.time_base
-        return AudioInfo(path, int(context.sample_rate), int(context.layout.nb_channels), None, duration,
-                         f"{self.container.format.name} ({context.name})", self.decoder)
+        return AudioInfo(
+            path,
+            int(context.sample_rate),
+            int(context.layout.nb_channels),
+            None,
+            duration,
+            f"{self.container.format.name} ({context.name})",
+            self.decoder,
+        )
 
     def close(self) -> None:
         self.container.close()
@@ -259,8 +277,9 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
         source.close()
 
 
-def iter_audio(path: str | os.PathLike[str], *, chunk_seconds: float = 30.0,
-               sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+def iter_audio(
+    path: str | os.PathLike[str], *, chunk_seconds: float = 30.0, sample_rate: int = SAMPLE_RATE
+) -> Iterator[np.ndarray]:
     """Stream a file as float32 mono `[n]` chunks at `sample_rate`, in bounded memory.
 
     Every chunk holds `round(chunk_seconds * sample_rate)` samples except the last (shorter). Their concatenation
@@ -291,8 +310,7 @@ def _stream(path: Path, sample_rate: int, chunk_samples: int) -> Iterator[np.nda
             if not source_rate:
                 source_rate = rate
                 if rate != sample_rate:
-                    resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32",
-                                                    quality=RESAMPLE_QUALITY)
+                    resampler = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality=RESAMPLE_QUALITY)
             _check_finite(block, str(path), consumed, rate)
             consumed += block.shape[0]
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
@@ -304,8 +322,10 @@ def _stream(path: Path, sample_rate: int, chunk_samples: int) -> Iterator[np.nda
             produced += tail.shape[0]
             yield from chunks.push(tail)
         if consumed == 0 and failures:  # the fallback decoder accepted something the right one refused
-            raise AudioError(f"{path}: not a readable audio file ({'; '.join(failures)}; "
-                             f"{source.decoder}: opened it but decoded no samples)")
+            raise AudioError(
+                f"{path}: not a readable audio file ({'; '.join(failures)}; "
+                f"{source.decoder}: opened it but decoded no samples)"
+            )
         if consumed == 0:
             raise AudioError(f"{path}: the file holds no audio samples")
         if produced == 0:
@@ -339,7 +359,7 @@ class _Rechunker:
         joined = np.concatenate(self.parts)
         whole = (self.count // self.size) * self.size
         for start in range(0, whole, self.size):
-            yield joined[start:start + self.size].copy()
+            yield joined[start : start + self.size].copy()
         rest = joined[whole:]
         self.parts = [rest.copy()] if rest.shape[0] else []
         self.count = rest.shape[0]
@@ -366,8 +386,10 @@ def _output_format(path: Path, subtype: str | None) -> tuple[str, str]:
         raise AudioError(f"{path}: cannot write {path.suffix or 'suffix-less'} files; use .wav or .flac")
     subtype = subtype or "PCM_16"
     if not soundfile.check_format(container, subtype):
-        raise AudioError(f"{path}: {container} cannot hold subtype {subtype!r} "
-                         f"(choose from {', '.join(sorted(soundfile.available_subtypes(container)))})")
+        raise AudioError(
+            f"{path}: {container} cannot hold subtype {subtype!r} "
+            f"(choose from {', '.join(sorted(soundfile.available_subtypes(container)))})"
+        )
     return container, subtype
 
 
@@ -393,8 +415,14 @@ class AudioWriter:
                 writer.write(pcm)
     """
 
-    def __init__(self, path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE, *, subtype: str | None = None,
-                 force: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        subtype: str | None = None,
+        force: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.sample_rate = int(sample_rate)
         if self.sample_rate <= 0:
@@ -404,8 +432,15 @@ class AudioWriter:
         self.num_samples = 0
         self._handle, self._tmp = open_temporary(self.path, force, mode="w+b")
         try:
-            self._file = soundfile.SoundFile(self._handle, "w", samplerate=self.sample_rate, channels=1,
-                                             subtype=self.subtype, format=self.container, closefd=False)
+            self._file = soundfile.SoundFile(
+                self._handle,
+                "w",
+                samplerate=self.sample_rate,
+                channels=1,
+                subtype=self.subtype,
+                format=self.container,
+                closefd=False,
+            )
         except BaseException:
             self._discard()
             raise
@@ -451,16 +486,23 @@ class AudioWriter:
     def __enter__(self) -> AudioWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
             self.abort()
 
 
-def save_audio(path: str | os.PathLike[str], pcm: ArrayLike, sample_rate: int = SAMPLE_RATE, *, force: bool = False,
-               subtype: str | None = None) -> Path:
+def save_audio(
+    path: str | os.PathLike[str],
+    pcm: ArrayLike,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    force: bool = False,
+    subtype: str | None = None,
+) -> Path:
     """Write mono `pcm [N]` as .wav or .flac (by suffix), 16-bit PCM unless `subtype` says otherwise (e.g. 'FLOAT'
     for WAV). Atomic; refuses to overwrite an existing file unless `force`."""
     target = Path(path)
@@ -470,5 +512,3 @@ def save_audio(path: str | os.PathLike[str], pcm: ArrayLike, sample_rate: int = 
     with AudioWriter(target, sample_rate, subtype=subtype, force=force) as writer:
         writer.write(samples)
     return target
-
-

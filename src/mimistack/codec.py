@@ -72,8 +72,14 @@ def random_weights_path(name: str = "random", seed: int = 0) -> Path:
 class Codec:
     """Mimi encode/decode on one engine. Create with `Codec.load(...)`."""
 
-    def __init__(self, engine: Engine, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES, source: str = "",
-                 weights: WeightsRef | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        source: str = "",
+        weights: WeightsRef | None = None,
+    ) -> None:
         if chunk_frames <= 0:
             raise CodecError(f"chunk_frames must be positive, got {chunk_frames}")
         self.engine = engine
@@ -83,8 +89,14 @@ class Codec:
         """The checkpoint this codec was loaded from (None for an engine made by hand or an export folder alone)."""
 
     @classmethod
-    def load(cls, weights: str | os.PathLike[str] = DEFAULT_WEIGHTS, engine: EngineName | EngineOptions = "auto", *,
-             revision: str | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> Codec:
+    def load(
+        cls,
+        weights: str | os.PathLike[str] = DEFAULT_WEIGHTS,
+        engine: EngineName | EngineOptions = "auto",
+        *,
+        revision: str | None = None,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    ) -> Codec:
         """Load weights (a local .safetensors file or folder, a hub id, or "random"/"random-tiny") on an engine.
 
         `engine`: "auto" (torch when it is installed, else ONNX Runtime), "torch", "onnx", or an options object,
@@ -96,8 +108,12 @@ class Codec:
         if isinstance(options, OnnxOptions) and options.onnx_dir is not None and source == DEFAULT_WEIGHTS:
             from .engine.onnx_cache import load_onnx_engine  # the export folder alone: its manifest names the weights
 
-            backend: Engine = load_onnx_engine(onnx_dir=options.onnx_dir, device=options.device,
-                                               num_threads=options.num_threads, variant=options.variant)
+            backend: Engine = load_onnx_engine(
+                onnx_dir=options.onnx_dir,
+                device=options.device,
+                num_threads=options.num_threads,
+                variant=options.variant,
+            )
             return cls(backend, chunk_frames=chunk_frames, source=source)
         # The weights first: a missing file or an unreachable hub fails before any engine (torch) is imported.
         ref = WeightsRef.resolve(random_weights_path(source) if source in RANDOM_WEIGHTS else weights, revision)
@@ -105,13 +121,24 @@ class Codec:
             from .engine.torch import TorchEngine
             from .weights import load_weights
 
-            backend = TorchEngine(load_weights(ref), device=options.device, dtype=options.dtype,
-                                  num_threads=options.num_threads, fast=options.fast, compile=options.compile)
+            backend = TorchEngine(
+                load_weights(ref),
+                device=options.device,
+                dtype=options.dtype,
+                num_threads=options.num_threads,
+                fast=options.fast,
+                compile=options.compile,
+            )
         else:
             from .engine.onnx_cache import load_onnx_engine
 
-            backend = load_onnx_engine(weights=ref, onnx_dir=options.onnx_dir, device=options.device,
-                                       num_threads=options.num_threads, variant=options.variant)
+            backend = load_onnx_engine(
+                weights=ref,
+                onnx_dir=options.onnx_dir,
+                device=options.device,
+                num_threads=options.num_threads,
+                variant=options.variant,
+            )
         return cls(backend, chunk_frames=chunk_frames, source=source, weights=ref)
 
     # -- description ----------------------------------------------------------------------------------------
@@ -144,8 +171,10 @@ class Codec:
         return self.engine.weights_sha256
 
     def __repr__(self) -> str:
-        return (f"Codec(engine={self.engine.name!r}, source={self.source!r}, "
-                f"weights_sha256={self.weights_sha256[:12]}…, levels={self.num_levels})")
+        return (
+            f"Codec(engine={self.engine.name!r}, source={self.source!r}, "
+            f"weights_sha256={self.weights_sha256[:12]}…, levels={self.num_levels})"
+        )
 
     # -- encode ---------------------------------------------------------------------------------------------
     def encode(self, pcm: PcmLike, sample_rate: int | None = None) -> TokenGrid:
@@ -166,13 +195,18 @@ class Codec:
         # An engine may lend a buffer it can send to its device without another copy (page-locked memory on CUDA).
         batch = self.engine.host_buffer(shape)
         for row, signal in enumerate(signals):
-            batch[row, 0, :len(signal)] = signal
-            batch[row, 0, len(signal):] = 0.0
+            batch[row, 0, : len(signal)] = signal
+            batch[row, 0, len(signal) :] = 0.0
         codes = self._encode_frames(batch)
-        return [self._grid(codes[row, :, :frames[row]], lengths[row]) for row in range(len(signals))]
+        return [self._grid(codes[row, :, : frames[row]], lengths[row]) for row in range(len(signals))]
 
-    def encode_file(self, path: str | os.PathLike[str], *, progress: Callable[[float], object] | None = None,
-                    max_seconds: float | None = None) -> TokenGrid:
+    def encode_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[float], object] | None = None,
+        max_seconds: float | None = None,
+    ) -> TokenGrid:
         """Encode an audio file of any format, rate and length with bounded memory.
 
         The file is decoded and encoded in chunks of `chunk_frames` frames with the model state carried across
@@ -211,17 +245,23 @@ class Codec:
         parts = []
         for start in range(0, total, self.chunk_frames):
             stop = min(total, start + self.chunk_frames)
-            part, state = self.engine.encode(batch[..., start * self.frame_size:stop * self.frame_size], state,
-                                             "window")
+            part, state = self.engine.encode(
+                batch[..., start * self.frame_size : stop * self.frame_size], state, "window"
+            )
             parts.append(part)
         if not parts:
             return np.zeros((batch.shape[0], self.num_levels, 0), dtype=np.int64)
         return np.concatenate(parts, axis=-1)
 
     def _grid(self, codes: np.ndarray, num_samples: int) -> TokenGrid:
-        return TokenGrid(codes=codes.astype(np.uint16), num_samples=num_samples, sample_rate=self.sample_rate,
-                         frame_rate=self.frame_rate, codebook_size=self.codebook_size,
-                         weights_sha256=self.weights_sha256)
+        return TokenGrid(
+            codes=codes.astype(np.uint16),
+            num_samples=num_samples,
+            sample_rate=self.sample_rate,
+            frame_rate=self.frame_rate,
+            codebook_size=self.codebook_size,
+            weights_sha256=self.weights_sha256,
+        )
 
     # -- decode ---------------------------------------------------------------------------------------------
     def decode(self, grid: TokenGrid, levels: LevelsLike = None) -> np.ndarray:
@@ -242,18 +282,21 @@ class Codec:
         frames = [g.num_frames for g in grids]
         codes = np.zeros((len(grids), self.num_levels, max(frames)), dtype=np.int64)
         for row, grid in enumerate(grids):
-            codes[row, :, :grid.num_frames] = grid.codes
+            codes[row, :, : grid.num_frames] = grid.codes
         pcm = self._decode_frames(codes, selected)
-        return [pcm[row, 0, :grid.num_samples].copy() for row, grid in enumerate(grids)]
+        return [pcm[row, 0, : grid.num_samples].copy() for row, grid in enumerate(grids)]
 
     @overload
-    def decode_codes(self, codes: NDArray[np.integer[Any]], levels: LevelsLike = None,
-                     num_samples: int | None = None) -> NDArray[np.float32]: ...
+    def decode_codes(
+        self, codes: NDArray[np.integer[Any]], levels: LevelsLike = None, num_samples: int | None = None
+    ) -> NDArray[np.float32]: ...
     @overload
-    def decode_codes(self, codes: torch.Tensor, levels: LevelsLike = None,
-                     num_samples: int | None = None) -> torch.Tensor: ...
-    def decode_codes(self, codes: CodesLike, levels: LevelsLike = None,
-                     num_samples: int | None = None) -> NDArray[np.float32] | torch.Tensor:
+    def decode_codes(
+        self, codes: torch.Tensor, levels: LevelsLike = None, num_samples: int | None = None
+    ) -> torch.Tensor: ...
+    def decode_codes(
+        self, codes: CodesLike, levels: LevelsLike = None, num_samples: int | None = None
+    ) -> NDArray[np.float32] | torch.Tensor:
         """Decode raw codes `[num_levels, T]` -> pcm `[num_samples or T*1920]` (a tensor for a tensor)."""
         array, device = _as_numpy(codes)
         if array.ndim != 2 or array.shape[0] != self.num_levels:
@@ -267,11 +310,15 @@ class Codec:
         if grid.num_levels != self.num_levels:
             raise CodecError(f"grid has {grid.num_levels} levels, this model has {self.num_levels}")
         if grid.codebook_size != self.codebook_size:
-            raise CodecError(f"grid tokens come from a codebook of {grid.codebook_size}, "
-                             f"this model's has {self.codebook_size}")
+            raise CodecError(
+                f"grid tokens come from a codebook of {grid.codebook_size}, this model's has {self.codebook_size}"
+            )
         if grid.weights_sha256 and grid.weights_sha256 != self.weights_sha256:
-            logger.warning("grid was encoded with weights %s…, decoding with %s…", grid.weights_sha256[:12],
-                           self.weights_sha256[:12])
+            logger.warning(
+                "grid was encoded with weights %s…, decoding with %s…",
+                grid.weights_sha256[:12],
+                self.weights_sha256[:12],
+            )
         try:
             return grid.check_levels(grid.present if levels is None else levels)
         except TokenGridError as error:
@@ -284,21 +331,25 @@ class Codec:
         state = self.engine.init_decoder_state(codes.shape[0], "window")
         parts = []
         for start in range(0, total, self.chunk_frames):
-            part, state = self.engine.decode(codes[..., start:min(total, start + self.chunk_frames)], levels, state,
-                                             "window")
+            part, state = self.engine.decode(
+                codes[..., start : min(total, start + self.chunk_frames)], levels, state, "window"
+            )
             parts.append(part)
         if not parts:
             return np.zeros((codes.shape[0], 1, 0), dtype=np.float32)
         return np.concatenate(parts, axis=-1)
 
     @overload
-    def roundtrip(self, pcm: NDArray[np.floating[Any]], levels: LevelsLike = None,
-                  sample_rate: int | None = None) -> NDArray[np.float32]: ...
+    def roundtrip(
+        self, pcm: NDArray[np.floating[Any]], levels: LevelsLike = None, sample_rate: int | None = None
+    ) -> NDArray[np.float32]: ...
     @overload
-    def roundtrip(self, pcm: torch.Tensor, levels: LevelsLike = None,
-                  sample_rate: int | None = None) -> torch.Tensor: ...
-    def roundtrip(self, pcm: PcmLike, levels: LevelsLike = None,
-                  sample_rate: int | None = None) -> NDArray[np.float32] | torch.Tensor:
+    def roundtrip(
+        self, pcm: torch.Tensor, levels: LevelsLike = None, sample_rate: int | None = None
+    ) -> torch.Tensor: ...
+    def roundtrip(
+        self, pcm: PcmLike, levels: LevelsLike = None, sample_rate: int | None = None
+    ) -> NDArray[np.float32] | torch.Tensor:
         """Encode then decode `levels`: pcm at 24 kHz, as long as the input at 24 kHz (a tensor for a tensor)."""
         return _like(self.decode(self.encode(pcm, sample_rate), levels), _as_numpy(pcm)[1])
 
@@ -401,7 +452,7 @@ class StreamEncoder:
         ready = self._buffer.size // frame_size
         if ready == 0:
             return np.zeros((self.codec.num_levels, 0), dtype=np.uint16)
-        frames, self._buffer = self._buffer[:ready * frame_size], self._buffer[ready * frame_size:]
+        frames, self._buffer = self._buffer[: ready * frame_size], self._buffer[ready * frame_size :]
         return self._encode(frames)
 
     def flush(self) -> np.ndarray:
@@ -412,7 +463,7 @@ class StreamEncoder:
         if self._buffer.size == 0:
             return np.zeros((self.codec.num_levels, 0), dtype=np.uint16)
         frame = np.zeros(self.codec.frame_size, dtype=np.float32)
-        frame[:self._buffer.size] = self._buffer
+        frame[: self._buffer.size] = self._buffer
         self._buffer = np.zeros(0, dtype=np.float32)
         return self._encode(frame)
 
@@ -421,7 +472,7 @@ class StreamEncoder:
         total = samples.size // frame_size
         out = []
         for start, stop in _chunks(self.frames_emitted, total, 1 if self.mode == "moshi" else self.codec.chunk_frames):
-            pcm = samples[start * frame_size:stop * frame_size].reshape(1, 1, -1)
+            pcm = samples[start * frame_size : stop * frame_size].reshape(1, 1, -1)
             codes, self._state = self.codec.engine.encode(pcm, self._state, self.mode)
             out.append(codes[0])
         codes = np.concatenate(out, axis=-1).astype(np.uint16)
@@ -430,8 +481,11 @@ class StreamEncoder:
 
     def grid(self) -> TokenGrid:
         """Every frame emitted so far as a TokenGrid (after `flush()`, the whole input)."""
-        codes = (np.concatenate(self._codes, axis=-1) if self._codes
-                 else np.zeros((self.codec.num_levels, 0), dtype=np.uint16))
+        codes = (
+            np.concatenate(self._codes, axis=-1)
+            if self._codes
+            else np.zeros((self.codec.num_levels, 0), dtype=np.uint16)
+        )
         num_samples = self.samples_received if self.closed else codes.shape[1] * self.codec.frame_size
         return self.codec._grid(codes, num_samples)
 
@@ -478,4 +532,3 @@ class StreamDecoder:
             out.append(pcm[0, 0])
         self.frames_received += array.shape[1]
         return np.concatenate(out)
-

@@ -69,11 +69,24 @@ class MimiConfig:
 
         require(self.sample_rate > 0, f"sample_rate must be positive, got {self.sample_rate}")
         require(len(self.ratios) > 0 and all(r > 0 for r in self.ratios), f"bad ratios {self.ratios}")
-        for name in ("n_filters", "dimension", "num_heads", "num_layers", "dim_feedforward", "context",
-                     "num_levels", "num_semantic", "codebook_size", "codebook_dim", "downsample_stride"):
+        for name in (
+            "n_filters",
+            "dimension",
+            "num_heads",
+            "num_layers",
+            "dim_feedforward",
+            "context",
+            "num_levels",
+            "num_semantic",
+            "codebook_size",
+            "codebook_dim",
+            "downsample_stride",
+        ):
             require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        require(self.dimension % self.num_heads == 0,
-                f"dimension {self.dimension} is not divisible by num_heads {self.num_heads}")
+        require(
+            self.dimension % self.num_heads == 0,
+            f"dimension {self.dimension} is not divisible by num_heads {self.num_heads}",
+        )
         require((self.dimension // self.num_heads) % 2 == 0, "RoPE needs an even head dimension")
         require(self.n_filters % self.compress == 0, "n_filters must be divisible by compress")
         require(self.num_semantic < self.num_levels, "num_semantic must leave at least one acoustic level")
@@ -129,8 +142,16 @@ class MimiConfig:
 
         Its attention context is 8 steps (0.32 s, 4 frames) instead of 250 (10 s), so that tests which cross the
         cache boundary (ring wrap-around, window eviction) need a fraction of a second of audio."""
-        return cls(n_filters=4, dimension=32, num_heads=2, num_layers=2, dim_feedforward=64,
-                   codebook_size=64, codebook_dim=16, context=8)
+        return cls(
+            n_filters=4,
+            dimension=32,
+            num_heads=2,
+            num_layers=2,
+            dim_feedforward=64,
+            codebook_size=64,
+            codebook_dim=16,
+            context=8,
+        )
 
     @classmethod
     def named(cls, name: Literal["official", "tiny"] | str) -> MimiConfig:

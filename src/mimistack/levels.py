@@ -94,7 +94,8 @@ class Levels:
             match = _RANGE.match(part)
             if not match:
                 raise LevelsError(
-                    f"cannot parse level specification {text!r}: use e.g. '0-7', '0,3,9', 'all' or 'none'")
+                    f"cannot parse level specification {text!r}: use e.g. '0-7', '0,3,9', 'all' or 'none'"
+                )
             start = int(match.group(1))
             stop = int(match.group(2)) if match.group(2) is not None else start
             if stop < start:
@@ -228,8 +229,10 @@ def quantize(tables: CodebookTables, latent: np.ndarray) -> np.ndarray:
     batch, _, frames = latent.shape
     x = latent.transpose(0, 2, 1).reshape(batch * frames, -1).astype(np.float32)
     out = []
-    for books, proj in ((tables.semantic_codebooks, tables.semantic_input_proj),
-                        (tables.acoustic_codebooks, tables.acoustic_input_proj)):
+    for books, proj in (
+        (tables.semantic_codebooks, tables.semantic_input_proj),
+        (tables.acoustic_codebooks, tables.acoustic_input_proj),
+    ):
         residual = x @ proj.T
         for book in books:
             dist = (residual**2).sum(1, keepdims=True) - 2 * residual @ book.T + (book**2).sum(1)[None]

@@ -1,8 +1,9 @@
 """Level surgery on token grids: keep, drop, swap, replace, anonymize, splice and cut.
 
-Surgery layer. Below it: `tokens` (`TokenGrid`), `levels` (`Levels`) and `config`. Above it: `analysis` (which
-re-exports `level_stats` and writes its report), `cli_ops` (the `swap`, `anonymize`, `keep`, `splice` commands)
-and anything that decodes the results with `codec`. Pure numpy: nothing here needs a model.
+Surgery layer. Below it: `stats` (`LevelStats` and `level_stats`, re-exported here; the rule for combining grids,
+`check_same_weights`, and `OpsError`), `tokens` (`TokenGrid`), `levels` (`Levels`) and `config`. Above it:
+`cli.ops` (the `swap`, `anonymize`, `keep`, `splice` commands) and anything that decodes the results with `codec`.
+Pure numpy: nothing here needs a model.
 
 Mimi's decoder input is a sum of one term per level, so an edit on levels is an edit on that sum:
 
@@ -31,18 +32,16 @@ is unchanged, and becomes frames x 1920 when an edit changes the length (splice 
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
+from numpy.typing import NDArray
 
-from . import __version__
+from ._version import __version__
 from .levels import Levels, LevelsLike, format_levels
+from .stats import LevelStats, OpsError, check_same_weights, level_stats
 from .tokens import TokenGrid
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "LENGTH_POLICIES",
@@ -64,47 +63,24 @@ LengthPolicy = Literal["loop", "stretch", "shortest", "a"]
 LENGTH_POLICIES: tuple[str, ...] = get_args(LengthPolicy)
 
 
-class OpsError(ValueError):
-    """A surgery request that cannot be carried out (incompatible grids, missing levels, bad lengths)."""
-
-
 # -- provenance -------------------------------------------------------------------------------------------------
 def _describe_input(grid: TokenGrid) -> dict[str, Any]:
-    return {"weights_sha256": grid.weights_sha256, "num_frames": grid.num_frames, "num_samples": grid.num_samples,
-            "levels_present": format_levels(grid.levels_present or ()), "metadata": dict(grid.metadata)}
+    return {
+        "weights_sha256": grid.weights_sha256,
+        "num_frames": grid.num_frames,
+        "num_samples": grid.num_samples,
+        "levels_present": format_levels(grid.levels_present or ()),
+        "metadata": dict(grid.metadata),
+    }
 
 
 def _with_provenance(grid: TokenGrid, operation: str, inputs: Sequence[TokenGrid], **parameters: Any) -> TokenGrid:
-    metadata = {"operation": {"name": operation, **parameters},
-                "inputs": [_describe_input(g) for g in inputs],
-                "mimistack_version": __version__}
+    metadata = {
+        "operation": {"name": operation, **parameters},
+        "inputs": [_describe_input(g) for g in inputs],
+        "mimistack_version": __version__,
+    }
     return grid.replace(metadata=metadata)
-
-
-def check_same_weights(grids: Sequence[TokenGrid], *, force: bool = False) -> str:
-    """Make sure `grids` can be combined; returns the weights sha256 they share ("" when none is known).
-
-    Shapes that cannot be combined (level count, codebook size, sample or frame rate) are always refused. Grids
-    from different weights are refused unless `force`: the same token index names a different centroid in each
-    model. A grid with no recorded weights (`weights_sha256 == ""`) is compatible with any.
-    """
-    if not grids:
-        raise OpsError("no grids given")
-    first = grids[0]
-    for index, grid in enumerate(grids[1:], start=1):
-        for name in ("num_levels", "codebook_size", "sample_rate", "frame_rate"):
-            if getattr(grid, name) != getattr(first, name):
-                raise OpsError(f"grid {index} has {name} {getattr(grid, name)}, grid 0 has {getattr(first, name)}: "
-                               "they come from different model configurations and cannot be combined")
-    known = list(dict.fromkeys(g.weights_sha256 for g in grids if g.weights_sha256))
-    if len(known) > 1:
-        listed = ", ".join(f"{sha[:12]}…" for sha in known)
-        if not force:
-            raise OpsError(f"grids come from different weights ({listed}); a token index names a different "
-                           "centroid in each model, so mixing them decodes to garbage. Re-encode with one model, "
-                           "or pass force=True (CLI: --mix-weights) to mix them anyway")
-        logger.warning("mixing grids from different weights (%s) because force=True", listed)
-    return known[0] if known else ""
 
 
 def _num_samples_for(frames: int, reference: TokenGrid) -> int:
@@ -138,7 +114,7 @@ def _check_policy(length: str) -> None:
         raise OpsError(f"unknown length policy {length!r}; choose from {', '.join(LENGTH_POLICIES)}")
 
 
-def _frame_index(source_frames: int, target_frames: int, length: str) -> np.ndarray:
+def _frame_index(source_frames: int, target_frames: int, length: str) -> NDArray[np.int64]:
     """Which source frame feeds each of `target_frames` output frames: int64 `[target_frames]`."""
     if target_frames == 0:
         return np.zeros(0, dtype=np.int64)
@@ -154,8 +130,10 @@ def _target_frames(a: TokenGrid, b: TokenGrid, length: str) -> int:
     if length == "shortest":
         return min(a.num_frames, b.num_frames)
     if length == "a" and b.num_frames < a.num_frames:
-        raise OpsError(f"the source has {b.num_frames} frames, fewer than the {a.num_frames} of the grid it "
-                       "replaces levels in; choose a length policy: 'loop', 'stretch' or 'shortest'")
+        raise OpsError(
+            f"the source has {b.num_frames} frames, fewer than the {a.num_frames} of the grid it "
+            "replaces levels in; choose a length policy: 'loop', 'stretch' or 'shortest'"
+        )
     return a.num_frames
 
 
@@ -171,14 +149,21 @@ def _take_levels(a: TokenGrid, b: TokenGrid, levels: LevelsLike, length: str, fo
     codes = np.array(a.codes[:, :frames])
     codes[list(taken)] = b.codes[list(taken)][:, _frame_index(b.num_frames, frames, length)]
     present = sorted(set(a.present) | set(taken))
-    grid = TokenGrid(codes=codes, num_samples=_num_samples_for(frames, a), sample_rate=a.sample_rate,
-                     frame_rate=a.frame_rate, codebook_size=a.codebook_size, weights_sha256=weights or a.weights_sha256,
-                     levels_present=tuple(present))
+    grid = TokenGrid(
+        codes=codes,
+        num_samples=_num_samples_for(frames, a),
+        sample_rate=a.sample_rate,
+        frame_rate=a.frame_rate,
+        codebook_size=a.codebook_size,
+        weights_sha256=weights or a.weights_sha256,
+        levels_present=tuple(present),
+    )
     return grid, taken
 
 
-def replace_levels(grid: TokenGrid, levels: LevelsLike, source: TokenGrid, *, length: LengthPolicy = "a",
-                   force: bool = False) -> TokenGrid:
+def replace_levels(
+    grid: TokenGrid, levels: LevelsLike, source: TokenGrid, *, length: LengthPolicy = "a", force: bool = False
+) -> TokenGrid:
     """`grid` with the rows of `levels` taken from `source` (see the module docstring for `length`).
 
     `levels` must be present in `source`; the result holds the grid's levels plus those. `force` allows grids from
@@ -188,8 +173,9 @@ def replace_levels(grid: TokenGrid, levels: LevelsLike, source: TokenGrid, *, le
     return _with_provenance(result, "replace", [grid, source], levels=str(taken), length=length)
 
 
-def swap_levels(a: TokenGrid, b: TokenGrid, from_b: LevelsLike = "1-31", *, length: LengthPolicy = "loop",
-                force: bool = False) -> TokenGrid:
+def swap_levels(
+    a: TokenGrid, b: TokenGrid, from_b: LevelsLike = "1-31", *, length: LengthPolicy = "loop", force: bool = False
+) -> TokenGrid:
     """Voice/style transfer: levels `from_b` from B, every other level from A.
 
     The default takes A's semantic level 0 (the words) and B's acoustic levels 1-31 (the voice). The output has
@@ -199,93 +185,17 @@ def swap_levels(a: TokenGrid, b: TokenGrid, from_b: LevelsLike = "1-31", *, leng
     return _with_provenance(result, "swap", [a, b], levels_from_b=str(taken), length=length)
 
 
-# -- statistics --------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class LevelStats:
-    """Per-level unigram token statistics over a set of grids.
-
-    `counts`: int64 `[num_levels, codebook_size]`, how often each token occurs in each level (only levels present
-    in a grid are counted); `num_grids` and `num_frames` (total over the grids); `weights_sha256` of the model that
-    produced the tokens ("" if unknown).
-    """
-
-    counts: np.ndarray
-    num_grids: int
-    num_frames: int
-    weights_sha256: str = ""
-
-    def __post_init__(self) -> None:
-        counts = np.asarray(self.counts, dtype=np.int64)
-        if counts.ndim != 2 or (counts.size and counts.min() < 0):
-            raise OpsError(f"counts must be non-negative [num_levels, codebook_size], got shape {counts.shape}")
-        counts = counts.copy()
-        counts.setflags(write=False)
-        object.__setattr__(self, "counts", counts)
-
-    @property
-    def num_levels(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.counts.shape[1])
-
-    @property
-    def tokens(self) -> np.ndarray:
-        """Tokens counted per level: int64 `[num_levels]`."""
-        return self.counts.sum(axis=1)
-
-    @property
-    def distinct_codes(self) -> np.ndarray:
-        """How many codebook entries were used at least once, per level: int64 `[num_levels]`."""
-        return (self.counts > 0).sum(axis=1)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Unigram distribution per level: float64 `[num_levels, codebook_size]`; rows of uncounted levels are 0."""
-        totals = self.tokens[:, None].astype(np.float64)
-        return np.divide(self.counts, totals, out=np.zeros(self.counts.shape), where=totals > 0)
-
-    @property
-    def entropy_bits(self) -> np.ndarray:
-        """Shannon entropy of each level's unigram distribution in bits: float64 `[num_levels]` (NaN if uncounted).
-
-        At most log2(codebook_size) = 11 bits for Mimi; lower means the level's tokens are more predictable (and
-        entropy coding could store them in fewer bits).
-        """
-        p = self.probabilities
-        terms = np.zeros_like(p)
-        np.multiply(p, np.log2(p, out=np.zeros_like(p), where=p > 0), out=terms, where=p > 0)
-        entropy = -terms.sum(axis=1)
-        return np.where(self.tokens > 0, entropy, np.nan)
-
-    @property
-    def perplexity(self) -> np.ndarray:
-        """2 ** entropy: the effective number of equally likely codes per level, float64 `[num_levels]`."""
-        return np.exp2(self.entropy_bits)
-
-    @classmethod
-    def from_grids(cls, grids: Sequence[TokenGrid], *, force: bool = False) -> LevelStats:
-        """Count tokens over `grids` (refuses grids from different weights unless `force`)."""
-        grids = list(grids)
-        weights = check_same_weights(grids, force=force)
-        counts = np.zeros((grids[0].num_levels, grids[0].codebook_size), dtype=np.int64)
-        for grid in grids:
-            for level in grid.present:
-                counts[level] += np.bincount(grid.codes[level], minlength=grid.codebook_size)
-        return cls(counts=counts, num_grids=len(grids), num_frames=sum(g.num_frames for g in grids),
-                   weights_sha256=weights)
-
-
-def level_stats(grids: Sequence[TokenGrid], *, force: bool = False) -> LevelStats:
-    """Per-level codebook usage, entropy and perplexity over `grids` (see `LevelStats`)."""
-    return LevelStats.from_grids(grids, force=force)
-
-
 # -- anonymization -----------------------------------------------------------------------------------------------
-def anonymize(grid: TokenGrid, levels: LevelsLike = "1-31", *, voice: TokenGrid | None = None,
-              random: np.random.Generator | int | None = None, stats: LevelStats | None = None,
-              length: LengthPolicy = "loop", force: bool = False) -> TokenGrid:
+def anonymize(
+    grid: TokenGrid,
+    levels: LevelsLike = "1-31",
+    *,
+    voice: TokenGrid | None = None,
+    random: np.random.Generator | int | None = None,
+    stats: LevelStats | None = None,
+    length: LengthPolicy = "loop",
+    force: bool = False,
+) -> TokenGrid:
     """Replace the acoustic `levels` (default 1-31: who speaks, not what is said) so the speaker is harder to
     recognise.
 
@@ -306,8 +216,7 @@ def anonymize(grid: TokenGrid, levels: LevelsLike = "1-31", *, voice: TokenGrid 
         if stats is not None:
             raise OpsError("stats only apply to random anonymization, not to a target voice")
         result, taken = _take_levels(grid, voice, levels, length, force)
-        return _with_provenance(result, "anonymize", [grid, voice], levels=str(taken), source="voice",
-                                length=length)
+        return _with_provenance(result, "anonymize", [grid, voice], levels=str(taken), source="voice", length=length)
     selected = Levels.parse(levels, grid.num_levels)
     seed = None
     if isinstance(random, (int, np.integer)) and not isinstance(random, bool):
@@ -319,31 +228,47 @@ def anonymize(grid: TokenGrid, levels: LevelsLike = "1-31", *, voice: TokenGrid 
     codes = np.array(grid.codes)
     for level in selected:
         row = probabilities.get(level)
-        codes[level] = (random.integers(0, grid.codebook_size, size=grid.num_frames) if row is None
-                        else random.choice(grid.codebook_size, size=grid.num_frames, p=row))
+        codes[level] = (
+            random.integers(0, grid.codebook_size, size=grid.num_frames)
+            if row is None
+            else random.choice(grid.codebook_size, size=grid.num_frames, p=row)
+        )
     present = sorted(set(grid.present) | set(selected))
     result = grid.replace(codes=codes, levels_present=tuple(present))
-    return _with_provenance(result, "anonymize", [grid], levels=str(selected), source="random", seed=seed,
-                            distribution="uniform" if stats is None else "level statistics",
-                            stats_grids=None if stats is None else stats.num_grids,
-                            stats_weights_sha256=None if stats is None else stats.weights_sha256)
+    return _with_provenance(
+        result,
+        "anonymize",
+        [grid],
+        levels=str(selected),
+        source="random",
+        seed=seed,
+        distribution="uniform" if stats is None else "level statistics",
+        stats_grids=None if stats is None else stats.num_grids,
+        stats_weights_sha256=None if stats is None else stats.weights_sha256,
+    )
 
 
-def _draw_distribution(grid: TokenGrid, levels: Levels, stats: LevelStats | None,
-                       force: bool) -> dict[int, np.ndarray]:
+def _draw_distribution(
+    grid: TokenGrid, levels: Levels, stats: LevelStats | None, force: bool
+) -> dict[int, NDArray[np.float64]]:
     """Per level, the distribution to draw from (absent: uniform)."""
     if stats is None:
         return {}
     if stats.num_levels != grid.num_levels or stats.codebook_size != grid.codebook_size:
-        raise OpsError(f"stats describe {stats.num_levels} levels x {stats.codebook_size} codes, the grid has "
-                       f"{grid.num_levels} x {grid.codebook_size}")
+        raise OpsError(
+            f"stats describe {stats.num_levels} levels x {stats.codebook_size} codes, the grid has "
+            f"{grid.num_levels} x {grid.codebook_size}"
+        )
     if stats.weights_sha256 and grid.weights_sha256 and stats.weights_sha256 != grid.weights_sha256 and not force:
-        raise OpsError(f"stats come from weights {stats.weights_sha256[:12]}…, the grid from "
-                       f"{grid.weights_sha256[:12]}…; pass force=True (CLI: --mix-weights) to use them anyway")
+        raise OpsError(
+            f"stats come from weights {stats.weights_sha256[:12]}…, the grid from "
+            f"{grid.weights_sha256[:12]}…; pass force=True (CLI: --mix-weights) to use them anyway"
+        )
     empty = [level for level in levels if stats.tokens[level] == 0]
     if empty:
-        raise OpsError(f"stats hold no tokens for level(s) {format_levels(empty)}; gather them from grids that have "
-                       "those levels")
+        raise OpsError(
+            f"stats hold no tokens for level(s) {format_levels(empty)}; gather them from grids that have those levels"
+        )
     probabilities = stats.probabilities
     return {level: probabilities[level] for level in levels}
 
@@ -377,10 +302,13 @@ def cut(grid: TokenGrid, start_frame: int, end_frame: int | None = None) -> Toke
     """
     end = grid.num_frames if end_frame is None else end_frame
     if not 0 <= start_frame < end <= grid.num_frames:
-        raise OpsError(f"cannot cut frames {start_frame}-{end} from a grid of {grid.num_frames} frames: need "
-                       f"0 <= start < end <= {grid.num_frames}")
+        raise OpsError(
+            f"cannot cut frames {start_frame}-{end} from a grid of {grid.num_frames} frames: need "
+            f"0 <= start < end <= {grid.num_frames}"
+        )
     frames = end - start_frame
-    num_samples = (grid.num_samples - start_frame * grid.frame_size if end == grid.num_frames
-                   else frames * grid.frame_size)
+    num_samples = (
+        grid.num_samples - start_frame * grid.frame_size if end == grid.num_frames else frames * grid.frame_size
+    )
     result = grid.replace(codes=grid.codes[:, start_frame:end], num_samples=num_samples)
     return _with_provenance(result, "cut", [grid], start_frame=start_frame, end_frame=end)

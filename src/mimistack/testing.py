@@ -82,8 +82,9 @@ def _fit_codebooks(model: Any, config: MimiConfig, generator: Any, seed: int) ->
             # search then depends on each frame's residual direction, so codes vary on any audio.
             mean = residual.mean(dim=0, keepdim=True)
             rms = (residual - mean).pow(2).mean().sqrt()
-            centroids = mean + SPREAD * rms * torch.randn(config.codebook_size, config.codebook_dim,
-                                                          generator=generator)
+            centroids = mean + SPREAD * rms * torch.randn(
+                config.codebook_size, config.codebook_dim, generator=generator
+            )
             usage = 0.5 + torch.rand(config.codebook_size, generator=generator) * 4
             codebook.cluster_usage.copy_(usage)
             codebook.embedding_sum.copy_(centroids * usage[:, None])
@@ -93,8 +94,12 @@ def _fit_codebooks(model: Any, config: MimiConfig, generator: Any, seed: int) ->
     model.quantizer.refresh()
 
 
-def write_random_checkpoint(path: str | os.PathLike[str], config: Literal["official", "tiny"] | MimiConfig = "official",
-                            layout: Layout = "kyutai", seed: int = 0) -> Path:
+def write_random_checkpoint(
+    path: str | os.PathLike[str],
+    config: Literal["official", "tiny"] | MimiConfig = "official",
+    layout: Layout = "kyutai",
+    seed: int = 0,
+) -> Path:
     """Write random weights in the exact layout and shapes of the official files, as safetensors.
 
     `layout="kyutai"` mirrors `tokenizer-e351c8d8-checkpoint125.safetensors` (318 tensors for the official config);

@@ -83,10 +83,19 @@ class WeightsRef:
         path = resolve_weights(source, revision)
         _refuse_pickle(path)
         metadata = read_metadata(path)
-        config = MimiConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])) if CONFIG_METADATA_KEY in metadata \
+        config = (
+            MimiConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+            if CONFIG_METADATA_KEY in metadata
             else MimiConfig.official()
-        return cls(source=os.fspath(source), path=path, sha256=file_sha256(path), config=config,
-                   is_random=RANDOM_NOTE in metadata.get(NOTE_METADATA_KEY, ""), revision=revision)
+        )
+        return cls(
+            source=os.fspath(source),
+            path=path,
+            sha256=file_sha256(path),
+            config=config,
+            is_random=RANDOM_NOTE in metadata.get(NOTE_METADATA_KEY, ""),
+            revision=revision,
+        )
 
 
 # -- finding the file ---------------------------------------------------------------------------------------
@@ -104,8 +113,9 @@ def resolve_weights(source: str | os.PathLike[str], revision: str | None = None)
         return path
     match = _HUB_ID.match(text)
     if match is None or text.startswith((".", "/", "~")) or text.endswith(tuple(_PICKLE_SUFFIXES)):
-        raise WeightsError(f"weights not found: {text!r} is neither an existing file nor a hub id like "
-                           f"'{DEFAULT_REPO}'")
+        raise WeightsError(
+            f"weights not found: {text!r} is neither an existing file nor a hub id like '{DEFAULT_REPO}'"
+        )
     repo, filename, rev = match.group(1), match.group(2), match.group(3) or revision
     return _download(repo, filename, rev)
 
@@ -150,7 +160,8 @@ def _not_available(repo: str, filename: str | None, revision: str | None, reason
         f"  - on a machine with network access run:  hf download {repo} {wanted}{at}\n"
         f"    then copy its cache folder to {cache} on this machine (or set HF_HOME), or pass the file itself: "
         f"--weights /path/to/{wanted}\n"
-        f"  - to try the pipeline without the real weights: --weights random (meaningless audio)")
+        f"  - to try the pipeline without the real weights: --weights random (meaningless audio)"
+    )
 
 
 def _hub_unreachable(endpoint: str, timeout: float = 1.5) -> str:
@@ -200,7 +211,8 @@ def _refuse_pickle(path: Path) -> None:
             f"refusing to load {path}: it is a pickle (torch.save) checkpoint, and loading a pickle can run "
             "arbitrary code. Use the safetensors file (kyutai/mimi ships model.safetensors), or convert it on a "
             "trusted machine: `from safetensors.torch import save_file; save_file(torch.load(p)['model'], "
-            "'mimi.safetensors')`.")
+            "'mimi.safetensors')`."
+        )
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -266,8 +278,9 @@ def expected_shapes(config: MimiConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor of the kyutai layout for `config`, with its shape (318 for the official config)."""
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def conv(name: str, cin: int, cout: int, kernel: int, bias: bool = True, transposed: bool = False,
-             groups: int = 1) -> None:
+    def conv(
+        name: str, cin: int, cout: int, kernel: int, bias: bool = True, transposed: bool = False, groups: int = 1
+    ) -> None:
         shapes[f"{name}.weight"] = (cin, cout // groups, kernel) if transposed else (cout, cin // groups, kernel)
         if bias:
             shapes[f"{name}.bias"] = (cout,)
@@ -324,18 +337,28 @@ def expected_shapes(config: MimiConfig) -> dict[str, tuple[int, ...]]:
 
 # (kyutai substring, transformers substring), applied in order: the conversion transformers itself uses.
 _TO_TRANSFORMERS = (
-    ("conv.conv.conv", "conv"), ("convtr.convtr.convtr", "conv"), ("conv.conv", "conv"), ("convtr.convtr", "conv"),
+    ("conv.conv.conv", "conv"),
+    ("convtr.convtr.convtr", "conv"),
+    ("conv.conv", "conv"),
+    ("convtr.convtr", "conv"),
     ("quantizer.rvq_first.vq", "quantizer.semantic_residual_vector_quantizer"),
     ("quantizer.rvq_first", "quantizer.semantic_residual_vector_quantizer"),
     ("quantizer.rvq_rest.vq", "quantizer.acoustic_residual_vector_quantizer"),
     ("quantizer.rvq_rest", "quantizer.acoustic_residual_vector_quantizer"),
-    ("_codebook", "codebook"), ("_initialized", "initialized"), ("embedding_sum", "embed_sum"),
-    ("encoder.model", "encoder.layers"), ("decoder.model", "decoder.layers"),
+    ("_codebook", "codebook"),
+    ("_initialized", "initialized"),
+    ("embedding_sum", "embed_sum"),
+    ("encoder.model", "encoder.layers"),
+    ("decoder.model", "decoder.layers"),
     ("encoder_transformer.transformer", "encoder_transformer"),
     ("decoder_transformer.transformer", "decoder_transformer"),
-    ("linear1", "mlp.fc1"), ("linear2", "mlp.fc2"), ("self_attn.out_proj", "self_attn.o_proj"),
-    ("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm"),
-    ("layer_scale_1", "self_attn_layer_scale"), ("layer_scale_2", "mlp_layer_scale"),
+    ("linear1", "mlp.fc1"),
+    ("linear2", "mlp.fc2"),
+    ("self_attn.out_proj", "self_attn.o_proj"),
+    ("norm1", "input_layernorm"),
+    ("norm2", "post_attention_layernorm"),
+    ("layer_scale_1", "self_attn_layer_scale"),
+    ("layer_scale_2", "mlp_layer_scale"),
 )
 
 
@@ -367,8 +390,8 @@ def to_transformers_layout(tensors: dict[str, np.ndarray], config: MimiConfig) -
         if new.endswith("self_attn.in_proj_weight"):
             base = new[: -len("in_proj_weight")]
             out[base + "q_proj.weight"] = _rope_permute(value[:dim], config.num_heads)
-            out[base + "k_proj.weight"] = _rope_permute(value[dim:2 * dim], config.num_heads)
-            out[base + "v_proj.weight"] = value[2 * dim:]
+            out[base + "k_proj.weight"] = _rope_permute(value[dim : 2 * dim], config.num_heads)
+            out[base + "v_proj.weight"] = value[2 * dim :]
         else:
             out[new] = value
     return out
@@ -391,8 +414,10 @@ def from_transformers_layout(tensors: dict[str, np.ndarray], config: MimiConfig)
             missing = sorted({"q", "k", "v"} - set(parts))
             out[f"{kyutai_base}<missing {','.join(missing)}_proj>"] = np.zeros(0)
             continue
-        out[kyutai_base] = np.concatenate([_rope_unpermute(parts["q"], config.num_heads),
-                                           _rope_unpermute(parts["k"], config.num_heads), parts["v"]], axis=0)
+        out[kyutai_base] = np.concatenate(
+            [_rope_unpermute(parts["q"], config.num_heads), _rope_unpermute(parts["k"], config.num_heads), parts["v"]],
+            axis=0,
+        )
     return out
 
 
@@ -411,8 +436,11 @@ def check_tensors(tensors: dict[str, np.ndarray], config: MimiConfig, path: Path
     expected = expected_shapes(config)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    misshaped = sorted(f"{k}: {tuple(tensors[k].shape)} (expected {expected[k]})"
-                       for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k])
+    misshaped = sorted(
+        f"{k}: {tuple(tensors[k].shape)} (expected {expected[k]})"
+        for k in set(expected) & set(tensors)
+        if tuple(tensors[k].shape) != expected[k]
+    )
     if not (missing or unexpected or misshaped):
         return
 
@@ -420,8 +448,9 @@ def check_tensors(tensors: dict[str, np.ndarray], config: MimiConfig, path: Path
         shown = "\n    ".join(items[:20]) + (f"\n    ... and {len(items) - 20} more" if len(items) > 20 else "")
         return f"  {title} ({len(items)}):\n    {shown}"
 
-    parts = [block(t, i) for t, i in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped))
-             if i]
+    parts = [
+        block(t, i) for t, i in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)) if i
+    ]
     raise WeightsError(f"checkpoint {path} does not fit the Mimi model:\n" + "\n".join(parts))
 
 
@@ -431,8 +460,9 @@ def infer_config(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Mi
     return MimiConfig.official()
 
 
-def load_weights(source: str | os.PathLike[str] | WeightsRef, *, revision: str | None = None,
-                 config: MimiConfig | None = None) -> LoadedWeights:
+def load_weights(
+    source: str | os.PathLike[str] | WeightsRef, *, revision: str | None = None, config: MimiConfig | None = None
+) -> LoadedWeights:
     """Find (unless `source` is already a `WeightsRef`), read, convert to the kyutai layout and check a checkpoint."""
     ref = WeightsRef.resolve(source, revision)
     raw, metadata = read_safetensors(ref.path)
@@ -441,8 +471,9 @@ def load_weights(source: str | os.PathLike[str] | WeightsRef, *, revision: str |
     tensors = raw if layout == "kyutai" else from_transformers_layout(raw, config)
     check_tensors(tensors, config, ref.path)
     logger.info("loaded %s (%s layout, %d tensors, sha256 %s)", ref.path, layout, len(tensors), ref.sha256)
-    return LoadedWeights(tensors=tensors, config=config, layout=layout, sha256=ref.sha256, path=ref.path,
-                         source=ref.source)
+    return LoadedWeights(
+        tensors=tensors, config=config, layout=layout, sha256=ref.sha256, path=ref.path, source=ref.source
+    )
 
 
 def codebook_tables(tensors: dict[str, np.ndarray], config: MimiConfig) -> CodebookTables:
@@ -462,5 +493,8 @@ def codebook_tables(tensors: dict[str, np.ndarray], config: MimiConfig) -> Codeb
     return CodebookTables(
         semantic_codebooks=books("rvq_first", config.num_semantic),
         acoustic_codebooks=books("rvq_rest", config.num_acoustic),
-        semantic_input_proj=proj("rvq_first", "input_proj"), semantic_output_proj=proj("rvq_first", "output_proj"),
-        acoustic_input_proj=proj("rvq_rest", "input_proj"), acoustic_output_proj=proj("rvq_rest", "output_proj"))
+        semantic_input_proj=proj("rvq_first", "input_proj"),
+        semantic_output_proj=proj("rvq_first", "output_proj"),
+        acoustic_input_proj=proj("rvq_rest", "input_proj"),
+        acoustic_output_proj=proj("rvq_rest", "output_proj"),
+    )

@@ -1,5 +1,5 @@
 /**
- * The mimistack streaming protocol, version 1: the TypeScript mirror of `src/mimistack/stream.py`.
+ * The mimistack streaming protocol, version 1: the TypeScript mirror of `src/mimistack/stream/` (`messages.py`, `rate.py`).
  *
  * The spec is `docs/protocol.md`; this file and the Python module both follow it, and
  * `tests/test_protocol_js.py` checks that bytes written by one are read back identically by the other.

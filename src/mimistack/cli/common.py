@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from ..tokens import TokenGrid
 
 RANDOM_WEIGHTS = ("random", "random-tiny")
-RANDOM_WARNING = ("WARNING: --weights random uses RANDOM weights (Mimi's architecture, no training): the pipeline "
-                  "runs for real, but the audio it decodes is meaningless noise. Use the real weights "
-                  "(kyutai/mimi) to hear Mimi.")
+RANDOM_WARNING = (
+    "WARNING: --weights random uses RANDOM weights (Mimi's architecture, no training): the pipeline "
+    "runs for real, but the audio it decodes is meaningless noise. Use the real weights "
+    "(kyutai/mimi) to hear Mimi."
+)
 
 
 class CliError(MimistackError):
@@ -34,16 +36,27 @@ class CliError(MimistackError):
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--weights", default="kyutai/mimi",
-                       help="local .safetensors file, hub id (default kyutai/mimi, cached offline after the first "
-                            "download), or 'random' / 'random-tiny' (random weights: meaningless audio)")
+    group.add_argument(
+        "--weights",
+        default="kyutai/mimi",
+        help="local .safetensors file, hub id (default kyutai/mimi, cached offline after the first "
+        "download), or 'random' / 'random-tiny' (random weights: meaningless audio)",
+    )
     group.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    group.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
-                       help="auto (default): torch when it is installed, else ONNX Runtime")
+    group.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="auto (default): torch when it is installed, else ONNX Runtime",
+    )
     group.add_argument("--onnx", dest="onnx_dir", default=None, help="folder of exported ONNX graphs (engine onnx)")
-    group.add_argument("--onnx-variant", choices=("fp32", "fp16", "int8"), default="fp32",
-                       help="which exported graphs the onnx engine runs: fp32 (exact) or a reduced-precision "
-                            "variant, if exported (export-onnx --fp16 / --int8; their errors are in BENCHMARKS.md)")
+    group.add_argument(
+        "--onnx-variant",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="which exported graphs the onnx engine runs: fp32 (exact) or a reduced-precision "
+        "variant, if exported (export-onnx --fp16 / --int8; their errors are in BENCHMARKS.md)",
+    )
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
     group.add_argument("--threads", type=int, default=None, help="CPU threads for the engine")
 
@@ -60,8 +73,7 @@ def engine_options(args: argparse.Namespace) -> TorchOptions | OnnxOptions:
         if onnx_only:
             raise CliError("--onnx and --onnx-variant are options of --engine onnx")
         return TorchOptions(device=args.device, num_threads=args.threads)
-    return OnnxOptions(onnx_dir=args.onnx_dir, variant=args.onnx_variant, device=args.device,
-                       num_threads=args.threads)
+    return OnnxOptions(onnx_dir=args.onnx_dir, variant=args.onnx_variant, device=args.device, num_threads=args.threads)
 
 
 def load_codec(args: argparse.Namespace) -> Codec:
@@ -114,9 +126,15 @@ class Progress:
         from rich.progress import Progress as RichProgress
 
         console = Console(stderr=True)
-        self._bar = RichProgress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed:.0f}/{task.total:.0f} s"), TimeRemainingColumn(),
-                                 console=console, disable=not (enabled and console.is_terminal), transient=True)
+        self._bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not (enabled and console.is_terminal),
+            transient=True,
+        )
         self._task = self._bar.add_task(description, total=total or 0)
 
     def __enter__(self) -> Progress:
@@ -140,19 +158,22 @@ def encode_file(codec: Codec, source: Path, show_progress: bool = True) -> Token
     return grid.replace(metadata={"source": source.name, "mimistack_version": __version__})
 
 
-def decode_to_file(codec: Codec, grid: TokenGrid, levels: Levels, target: Path, force: bool,
-                   show_progress: bool = True) -> None:
+def decode_to_file(
+    codec: Codec, grid: TokenGrid, levels: Levels, target: Path, force: bool, show_progress: bool = True
+) -> None:
     """Decode `levels` of `grid` into an audio file chunk by chunk (bounded memory), atomically."""
     from ..audio import AudioWriter
 
     selected = grid.check_levels(levels)
     decoder = codec.stream_decoder(selected)
     written = 0
-    with Progress(f"decoding {target.name}", grid.duration, show_progress) as bar, \
-            AudioWriter(target, codec.sample_rate, force=force) as writer:
+    with (
+        Progress(f"decoding {target.name}", grid.duration, show_progress) as bar,
+        AudioWriter(target, codec.sample_rate, force=force) as writer,
+    ):
         for start in range(0, grid.num_frames, codec.chunk_frames):
-            pcm = decoder.push(grid.codes[:, start:start + codec.chunk_frames])
-            pcm = pcm[:max(0, grid.num_samples - written)]
+            pcm = decoder.push(grid.codes[:, start : start + codec.chunk_frames])
+            pcm = pcm[: max(0, grid.num_samples - written)]
             writer.write(pcm)
             written += len(pcm)
             bar.advance(len(pcm) / codec.sample_rate)
@@ -160,8 +181,11 @@ def decode_to_file(codec: Codec, grid: TokenGrid, levels: Levels, target: Path, 
 
 def levels_note(levels: Levels) -> None:
     if not levels.is_prefix and len(levels):
-        print(f"note: levels {levels} are not a prefix 0..k-1: valid arithmetic, but outside what the decoder was "
-              "trained on (experimental)", file=sys.stderr)
+        print(
+            f"note: levels {levels} are not a prefix 0..k-1: valid arithmetic, but outside what the decoder was "
+            "trained on (experimental)",
+            file=sys.stderr,
+        )
 
 
 def jsonable(value: object) -> object:

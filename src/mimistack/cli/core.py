@@ -42,8 +42,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     grid = encode_file(codec, source, not args.quiet)
     grid.save(target, force=args.force, coding=args.coding)
     elapsed = time.perf_counter() - started
-    print(f"{source} -> {target}: {grid.num_frames} frames x {grid.num_levels} levels, {grid.duration:.2f} s of "
-          f"audio in {elapsed:.2f} s ({grid.duration / max(elapsed, 1e-9):.1f}x real time)")
+    print(
+        f"{source} -> {target}: {grid.num_frames} frames x {grid.num_levels} levels, {grid.duration:.2f} s of "
+        f"audio in {elapsed:.2f} s ({grid.duration / max(elapsed, 1e-9):.1f}x real time)"
+    )
     return 0
 
 
@@ -74,8 +76,8 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..container import describe
     from ..levels import format_levels
+    from ..mimifile import describe
 
     info = describe(check_input(args.input))
     if args.json:
@@ -83,8 +85,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"{info.path}: .mimi v{info.version}, {info.layout}, {info.coding}")
     print(f"  {info.num_frames} frames, {info.duration:.2f} s at {info.sample_rate} Hz, {info.frame_rate:g} frames/s")
-    print(f"  levels present: {format_levels(info.levels_present)} of {info.num_levels}"
-          + (" (TRUNCATED file)" if info.truncated else ""))
+    print(
+        f"  levels present: {format_levels(info.levels_present)} of {info.num_levels}"
+        + (" (TRUNCATED file)" if info.truncated else "")
+    )
     print(f"  weights sha256: {info.weights_sha256 or 'unknown'}")
     print(f"  size: {info.total_bytes} bytes (header {info.header_bytes}), {info.bitrate:.1f} bit/s overall")
     if info.levels:
@@ -97,7 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_truncate(args: argparse.Namespace) -> int:
-    from ..container import truncate
+    from ..mimifile import truncate
 
     source = check_input(args.input)
     target = check_output(args.output, args.force)
@@ -130,17 +134,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
         name = f"decoded_{count:02d}_levels.wav"
         save_audio(out_dir / name, pcm, codec.sample_rate, force=True)
-        rows.append({"levels": str(levels), "file": name, "bitrate_bps": grid.bitrate(levels),
-                     "snr_db": _snr(original, pcm), "decode_seconds": round(seconds, 3)})
+        rows.append(
+            {
+                "levels": str(levels),
+                "file": name,
+                "bitrate_bps": grid.bitrate(levels),
+                "snr_db": _snr(original, pcm),
+                "decode_seconds": round(seconds, 3),
+            }
+        )
     random_weights = codec.weights.is_random if codec.weights is not None else args.weights in RANDOM_WEIGHTS
-    summary = {"input": str(source), "duration_s": round(grid.duration, 3), "frames": grid.num_frames,
-               "weights": args.weights, "weights_sha256": codec.weights_sha256,
-               "random_weights": random_weights, "engine": codec.engine.name,
-               "encode_seconds": round(encode_seconds, 3), "outputs": rows}
+    summary = {
+        "input": str(source),
+        "duration_s": round(grid.duration, 3),
+        "frames": grid.num_frames,
+        "weights": args.weights,
+        "weights_sha256": codec.weights_sha256,
+        "random_weights": random_weights,
+        "engine": codec.engine.name,
+        "encode_seconds": round(encode_seconds, 3),
+        "outputs": rows,
+    }
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n", force=True)
-    lines = [f"# mimistack demo: {source.name}", "",
-             f"{grid.duration:.2f} s, {grid.num_frames} frames x {grid.num_levels} levels, encoded in "
-             f"{encode_seconds:.2f} s. Weights: {args.weights} (sha256 {codec.weights_sha256[:16]}…).", ""]
+    lines = [
+        f"# mimistack demo: {source.name}",
+        "",
+        f"{grid.duration:.2f} s, {grid.num_frames} frames x {grid.num_levels} levels, encoded in "
+        f"{encode_seconds:.2f} s. Weights: {args.weights} (sha256 {codec.weights_sha256[:16]}…).",
+        "",
+    ]
     if random_weights:
         lines += ["**Random weights: the decoded audio is meaningless.**", ""]
     lines += ["| levels | bitrate | SNR vs input | file |", "|---|---|---|---|"]
@@ -164,8 +186,12 @@ def register(command: Command) -> None:
     p = command("encode", cmd_encode, "encode an audio file (any format, rate, channels) to a .mimi token file")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--coding", choices=("packed11", "range"), default="packed11",
-                   help="token coding: fixed 11-bit packing or lossless range coding")
+    p.add_argument(
+        "--coding",
+        choices=("packed11", "range"),
+        default="packed11",
+        help="token coding: fixed 11-bit packing or lossless range coding",
+    )
     p.add_argument("-f", "--force", action="store_true")
 
     p = command("decode", cmd_decode, "decode a .mimi file to audio with any subset of levels")
@@ -180,8 +206,9 @@ def register(command: Command) -> None:
     p.add_argument("--levels", default="all")
     p.add_argument("-f", "--force", action="store_true")
 
-    p = command("info", cmd_info, "describe a .mimi file: format version, levels, bytes and bitrate per level",
-                model=False)
+    p = command(
+        "info", cmd_info, "describe a .mimi file: format version, levels, bytes and bitrate per level", model=False
+    )
     p.add_argument("input")
     p.add_argument("--json", action="store_true")
 

@@ -19,18 +19,35 @@ def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
 
     if args.weights in ("random", "random-tiny"):
         print(RANDOM_WARNING, file=sys.stderr)
-    result = tokenize_corpus(args.inputs, args.output, args.weights, revision=args.revision, engine=args.engine,
-                             device=args.device, dtype=args.dtype, onnx_dir=args.onnx_dir, address=args.address,
-                             num_cpus=args.num_cpus, encoders=args.encoders, threads=args.threads,
-                             batch_seconds=args.batch_seconds, files_per_shard=args.files_per_shard,
-                             progress=not args.quiet, fast=args.fast)
+    result = tokenize_corpus(
+        args.inputs,
+        args.output,
+        args.weights,
+        revision=args.revision,
+        engine=args.engine,
+        device=args.device,
+        dtype=args.dtype,
+        onnx_dir=args.onnx_dir,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        encoders=args.encoders,
+        threads=args.threads,
+        batch_seconds=args.batch_seconds,
+        files_per_shard=args.files_per_shard,
+        progress=not args.quiet,
+        fast=args.fast,
+    )
     counts = result.manifest["counts"]
-    print(f"{result.output}: {counts['rows']} utterances ({result.manifest['audio']['hours']:.3f} h) in "
-          f"{counts['shards']} shards, {counts['errors']} bad files (errors.jsonl), {counts['pending']} pending")
+    print(
+        f"{result.output}: {counts['rows']} utterances ({result.manifest['audio']['hours']:.3f} h) in "
+        f"{counts['shards']} shards, {counts['errors']} bad files (errors.jsonl), {counts['pending']} pending"
+    )
     if result.files_processed:
-        print(f"this run: {result.files_processed} files, {result.audio_seconds:.1f} s of audio in "
-              f"{result.elapsed_seconds:.1f} s ({result.audio_seconds_per_second:.1f} audio s/s); "
-              f"{result.files_skipped} files were done before")
+        print(
+            f"this run: {result.files_processed} files, {result.audio_seconds:.1f} s of audio in "
+            f"{result.elapsed_seconds:.1f} s ({result.audio_seconds_per_second:.1f} audio s/s); "
+            f"{result.files_skipped} files were done before"
+        )
     else:
         print(f"nothing to do: all {result.files_planned} files were done before")
     return 0
@@ -42,8 +59,10 @@ def cmd_corpus_export(args: argparse.Namespace) -> int:
     if not Path(args.input).is_dir():
         raise CliError(f"corpus folder not found: {args.input}")
     export = export_flat(args.input, args.output, args.levels, force=args.force)
-    print(f"{args.input} -> {export.folder}: {export.num_utterances} utterances, {export.num_tokens} uint16 tokens "
-          f"(levels {','.join(map(str, export.levels))}, frame-major) in tokens.bin; offsets in index.npy")
+    print(
+        f"{args.input} -> {export.folder}: {export.num_utterances} utterances, {export.num_tokens} uint16 tokens "
+        f"(levels {','.join(map(str, export.levels))}, frame-major) in tokens.bin; offsets in index.npy"
+    )
     return 0
 
 
@@ -55,33 +74,64 @@ def _positive_int(text: str) -> int:
 
 
 def register(command: Command) -> None:
-    p = command("tokenize-corpus", cmd_tokenize_corpus,
-                "tokenize an audio collection to Parquet token shards on Ray (resumable; see docs/corpus.md)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="a folder (searched recursively for audio), a quoted glob, or a manifest (.csv, .jsonl, "
-                        ".parquet with a 'path' and an optional 'id' column)")
-    p.add_argument("-o", "--output", required=True,
-                   help="output folder (created; an existing tokenize-corpus output is resumed)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (default: a private local Ray on this machine)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="model arithmetic (torch engine); float32 reproduces Codec.encode exactly")
-    p.add_argument("--fast", action="store_true",
-                   help="torch engine: the whole-input fast path (channels-last, polyphase, compiled on CUDA); "
-                        "with --dtype bfloat16 on a GPU it is ~3x faster, but its codes differ from float32's on "
-                        "many tokens (BENCHMARKS.md)")
-    p.add_argument("--batch-seconds", type=float, default=None,
-                   help="padded audio seconds per encode call (default: 0 = one file per call on CPU, "
-                        "exactly Codec.encode; 1280 on GPU)")
-    p.add_argument("--num-cpus", type=_positive_int, default=None,
-                   help="CPUs for the local Ray (default: all of this machine's)")
-    p.add_argument("--encoders", type=_positive_int, default=None,
-                   help="encoder actors (default: one per GPU with --device cuda, else CPUs / --threads)")
-    p.add_argument("--files-per-shard", type=_positive_int, default=256,
-                   help="files per work unit and Parquet shard, fixed when a folder is first planned")
+    p = command(
+        "tokenize-corpus",
+        cmd_tokenize_corpus,
+        "tokenize an audio collection to Parquet token shards on Ray (resumable; see docs/corpus.md)",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a folder (searched recursively for audio), a quoted glob, or a manifest (.csv, .jsonl, "
+        ".parquet with a 'path' and an optional 'id' column)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output folder (created; an existing tokenize-corpus output is resumed)"
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray on this machine)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="model arithmetic (torch engine); float32 reproduces Codec.encode exactly",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="torch engine: the whole-input fast path (channels-last, polyphase, compiled on CUDA); "
+        "with --dtype bfloat16 on a GPU it is ~3x faster, but its codes differ from float32's on "
+        "many tokens (BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=None,
+        help="padded audio seconds per encode call (default: 0 = one file per call on CPU, "
+        "exactly Codec.encode; 1280 on GPU)",
+    )
+    p.add_argument(
+        "--num-cpus", type=_positive_int, default=None, help="CPUs for the local Ray (default: all of this machine's)"
+    )
+    p.add_argument(
+        "--encoders",
+        type=_positive_int,
+        default=None,
+        help="encoder actors (default: one per GPU with --device cuda, else CPUs / --threads)",
+    )
+    p.add_argument(
+        "--files-per-shard",
+        type=_positive_int,
+        default=256,
+        help="files per work unit and Parquet shard, fixed when a folder is first planned",
+    )
 
-    p = command("corpus-export", cmd_corpus_export,
-                "export a tokenized corpus as flat uint16 arrays for language-model training", model=False)
+    p = command(
+        "corpus-export",
+        cmd_corpus_export,
+        "export a tokenized corpus as flat uint16 arrays for language-model training",
+        model=False,
+    )
     p.add_argument("input", help="a tokenize-corpus output folder")
     p.add_argument("-o", "--output", required=True, help="folder to create: tokens.bin, index.npy, ids.txt, meta.json")
     p.add_argument("--levels", default="0-7", help="levels to keep, interleaved per frame (default 0-7)")

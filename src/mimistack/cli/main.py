@@ -18,14 +18,21 @@ from . import core, corpus, onnx, ops, server, stream
 from .common import CliError, add_model_options
 from .table import Handler
 
-REGISTRARS: tuple[Callable[..., None], ...] = (core.register, ops.register, stream.register, corpus.register,
-                                                server.register, onnx.register)
+REGISTRARS: tuple[Callable[..., None], ...] = (
+    core.register,
+    ops.register,
+    stream.register,
+    corpus.register,
+    server.register,
+    onnx.register,
+)
 """Every command module, in the order `--help` lists their commands."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimistack", description="Kyutai's Mimi codec: the full 32-level token "
-                                     "stack, locally.")
+    parser = argparse.ArgumentParser(
+        prog="mimistack", description="Kyutai's Mimi codec: the full 32-level token stack, locally."
+    )
     parser.add_argument("--version", action="version", version=f"mimistack {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (weights, timings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr
+    )
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 AUDIO_OUTPUTS = tuple(OUTPUT_FORMATS)
 
 
-
 class _Inputs:
     """Loads grids from ..mimi files or audio (encoding with a codec loaded on first need), checking weights."""
 
@@ -65,9 +64,11 @@ class _Inputs:
         expected = self.codec.weights_sha256
         for name, grid in grids:
             if grid.weights_sha256 and grid.weights_sha256 != expected:
-                raise CliError(f"{name} was encoded with weights {grid.weights_sha256[:12]}…, but --weights "
-                               f"{self.args.weights} is {expected[:12]}…; its tokens mean nothing to this model. "
-                               "Use the same weights, or pass --mix-weights to go on anyway")
+                raise CliError(
+                    f"{name} was encoded with weights {grid.weights_sha256[:12]}…, but --weights "
+                    f"{self.args.weights} is {expected[:12]}…; its tokens mean nothing to this model. "
+                    "Use the same weights, or pass --mix-weights to go on anyway"
+                )
 
 
 def _is_audio_output(path: Path) -> bool:
@@ -85,8 +86,11 @@ def _write_result(inputs: _Inputs, grid: TokenGrid, target: Path, force: bool) -
         return f"{grid.num_frames} frames, levels {grid.present}"
     levels = grid.present
     if not levels.is_prefix:
-        print(f"note: decoding levels {levels}, not a prefix 0..k-1: outside what the decoder was trained on "
-              "(experimental)", file=sys.stderr)
+        print(
+            f"note: decoding levels {levels}, not a prefix 0..k-1: outside what the decoder was trained on "
+            "(experimental)",
+            file=sys.stderr,
+        )
     decode_to_file(inputs.codec, grid, levels, target, force, not inputs.args.quiet)
     return f"{grid.duration:.2f} s decoded from levels {levels}"
 
@@ -112,8 +116,15 @@ def _counter(description: str, enabled: bool) -> Iterator[Callable[[int, int, st
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, disable=not (enabled and console.is_terminal), transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+        transient=True,
+    )
     with bar:
         task = bar.add_task(description, total=None)
 
@@ -182,8 +193,9 @@ def cmd_keep(args: argparse.Namespace) -> int:
     grid = TokenGrid.load(source)
     result = keep_levels(grid, args.levels) if args.command == "keep" else drop_levels(grid, args.levels)
     result.save(target, force=args.force)
-    print(f"{source} -> {target}: levels {result.present} of {grid.present} "
-          f"({result.bitrate(result.present):.0f} bit/s)")
+    print(
+        f"{source} -> {target}: levels {result.present} of {grid.present} ({result.bitrate(result.present):.0f} bit/s)"
+    )
     return 0
 
 
@@ -218,8 +230,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     source = check_input(args.input)
     if source.suffix == ".mimi":
         raise CliError("sweep compares decoded audio with the original: give the audio file, not a .mimi file")
-    names = _metric_names(args.metrics, [(args.speaker_similarity, "speaker_similarity"), (args.dnsmos, "dnsmos"),
-                                         (args.visqol, "visqol")])
+    names = _metric_names(
+        args.metrics,
+        [(args.speaker_similarity, "speaker_similarity"), (args.dnsmos, "dnsmos"), (args.visqol, "visqol")],
+    )
     out_dir = Path(args.output)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
         raise CliError(f"{out_dir} exists and is not empty; pass --force to write into it")
@@ -228,16 +242,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.max_seconds is not None:
         if args.max_seconds <= 0:
             raise CliError(f"--max-seconds must be positive, got {args.max_seconds}")
-        pcm = pcm[:round(args.max_seconds * codec.sample_rate)]
+        pcm = pcm[: round(args.max_seconds * codec.sample_rate)]
     try:
         with _counter("sweep", not args.quiet) as update:
-            result = sweep(codec, pcm, out_dir=out_dir, metrics=names, reference_text=args.text, force=args.force,
-                           progress=update, input_name=source.name, weights_label=args.weights,
-                           plots=not args.no_plots)
+            result = sweep(
+                codec,
+                pcm,
+                out_dir=out_dir,
+                metrics=names,
+                reference_text=args.text,
+                force=args.force,
+                progress=update,
+                input_name=source.name,
+                weights_label=args.weights,
+                plots=not args.no_plots,
+            )
     except MissingDependencyError as error:
         raise CliError(str(error)) from error
-    print(f"{len(result.rows)} settings of {source.name} ({result.duration:.2f} s) -> {out_dir}/: index.html, "
-          "results.csv, results.md, plots, audio/")
+    print(
+        f"{len(result.rows)} settings of {source.name} ({result.duration:.2f} s) -> {out_dir}/: index.html, "
+        "results.csv, results.md, plots, audio/"
+    )
     print(f"weights {args.weights}, sha256 {result.weights_sha256}")
     if result.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
@@ -256,8 +281,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = level_stats([grid for _, grid in named], force=args.mix_weights)
     random_weights = inputs.codec_loaded and weights_are_random(inputs.codec)
     label = args.weights if inputs.codec_loaded else "as recorded in the .mimi files"
-    write_stats_report(stats, out_dir, force=args.force, weights_label=label, random_weights=random_weights,
-                       sources=[Path(path).name for path, _ in named])
+    write_stats_report(
+        stats,
+        out_dir,
+        force=args.force,
+        weights_label=label,
+        random_weights=random_weights,
+        sources=[Path(path).name for path, _ in named],
+    )
     print(f"{stats.num_grids} file(s), {stats.num_frames} frames -> {out_dir}/: stats.csv, stats.md, stats.png")
     print(f"weights sha256 {stats.weights_sha256 or 'unknown'}")
     if random_weights:
@@ -295,8 +326,14 @@ def cmd_quality(args: argparse.Namespace) -> int:
     codec = load_codec(args)
     try:
         with _counter("quality", not args.quiet) as update:
-            table = prefix_quality(codec, files, prefixes=prefixes, metrics=args.metrics.split(","),
-                                   progress=update, weights_label=args.weights)
+            table = prefix_quality(
+                codec,
+                files,
+                prefixes=prefixes,
+                metrics=args.metrics.split(","),
+                progress=update,
+                weights_label=args.weights,
+            )
     except MissingDependencyError as error:
         raise CliError(str(error)) from error
     write_quality_report(table, out_dir, force=args.force)
@@ -314,16 +351,21 @@ def _add_output(p: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def _add_mix(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mix-weights", action="store_true",
-                   help="combine tokens from different weights anyway (they index different codebooks)")
+    p.add_argument(
+        "--mix-weights",
+        action="store_true",
+        help="combine tokens from different weights anyway (they index different codebooks)",
+    )
 
 
 def register(command: Command) -> None:
     """Add the surgery and analysis subcommands to the `mimistack` parser."""
     from ..ops import LENGTH_POLICIES
 
-    lengths = ("how to fit B to A: loop (default: A's length, B repeated or trimmed), stretch (A's length, B "
-               "resampled in time), shortest (trim both), a (A's length, B must be at least as long)")
+    lengths = (
+        "how to fit B to A: loop (default: A's length, B repeated or trimmed), stretch (A's length, B "
+        "resampled in time), shortest (trim both), a (A's length, B must be at least as long)"
+    )
 
     p = command("swap", cmd_swap, "voice/style transfer: levels --from-b of B, the other levels of A")
     p.add_argument("a", help="utterance A (audio or .mimi): gives the levels not taken from B (the words)")
@@ -339,9 +381,14 @@ def register(command: Command) -> None:
     p.add_argument("--voice", default=None, help="target voice (audio or .mimi) whose levels replace the input's")
     p.add_argument("--random", action="store_true", help="draw random tokens per level")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed)")
-    p.add_argument("--stats", nargs="+", default=None, metavar="FILE",
-                   help="draw from the per-level token statistics of these files (audio or .mimi) instead of "
-                        "uniformly over the codebook")
+    p.add_argument(
+        "--stats",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="draw from the per-level token statistics of these files (audio or .mimi) instead of "
+        "uniformly over the codebook",
+    )
     p.add_argument("--levels", default="1-31", help="levels to replace (default 1-31)")
     p.add_argument("--length", choices=LENGTH_POLICIES, default="loop", help=f"with --voice: {lengths}")
     _add_mix(p)
@@ -357,12 +404,19 @@ def register(command: Command) -> None:
     _add_output(p, "output .mimi file")
     _add_mix(p)
 
-    p = command("sweep", cmd_sweep, "decode every prefix 1-32, each level alone and each left out; score them "
-                "and write a report (CSV, Markdown, plots, HTML with players)")
+    p = command(
+        "sweep",
+        cmd_sweep,
+        "decode every prefix 1-32, each level alone and each left out; score them "
+        "and write a report (CSV, Markdown, plots, HTML with players)",
+    )
     p.add_argument("input", help="audio file")
     _add_output(p, "report folder")
-    p.add_argument("--metrics", default=None,
-                   help="comma-separated metrics (default si_sdr,snr,stft_distance,mel_distance,stoi,pesq_wb)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated metrics (default si_sdr,snr,stft_distance,mel_distance,stoi,pesq_wb)",
+    )
     p.add_argument("--text", default=None, help="the words spoken: adds the word error rate (pocketsphinx)")
     p.add_argument("--speaker-similarity", action="store_true", help="add resemblyzer speaker similarity")
     p.add_argument("--dnsmos", action="store_true", help="add DNSMOS (speechmos)")
@@ -375,10 +429,14 @@ def register(command: Command) -> None:
     _add_output(p, "report folder")
     _add_mix(p)
 
-    p = command("quality", cmd_quality, "mean STOI / PESQ-WB per number of levels over many files (the per-level "
-                "table papers publish)")
-    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively, e.g. "
-                   "LibriSpeech/test-clean)")
+    p = command(
+        "quality",
+        cmd_quality,
+        "mean STOI / PESQ-WB per number of levels over many files (the per-level table papers publish)",
+    )
+    p.add_argument(
+        "inputs", nargs="+", help="audio files or folders (searched recursively, e.g. LibriSpeech/test-clean)"
+    )
     _add_output(p, "report folder")
     p.add_argument("--prefixes", default="1,2,4,8,16,32", help="level counts to decode (default 1,2,4,8,16,32)")
     p.add_argument("--metrics", default="stoi,pesq_wb", help="comma-separated metrics (default stoi,pesq_wb)")

@@ -15,24 +15,43 @@ from .common import RANDOM_WARNING, CliError
 from .table import Command
 
 SERVER_EXTRA_HINT = "the web app needs the server extra: pip install 'mimistack[server]'"
-REMOTE_WARNING = ("WARNING: serving on {host}, not loopback: anyone who can reach this machine on port {port} can "
-                  "use the page and upload audio to the server-side API. Browsers only allow the microphone on "
-                  "https:// or localhost pages.")
+REMOTE_WARNING = (
+    "WARNING: serving on {host}, not loopback: anyone who can reach this machine on port {port} can "
+    "use the page and upload audio to the server-side API. Browsers only allow the microphone on "
+    "https:// or localhost pages."
+)
 
 
 def register(command: Command) -> None:
     p = command("serve", cmd_serve, "serve the local web app: encode, see and hear every level in the browser")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything that is not "
-                                                       "loopback also needs --allow-remote)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; anything that is not loopback also needs --allow-remote)",
+    )
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow binding an address other machines can reach (prints a warning)")
-    p.add_argument("--max-upload-mb", type=float, default=200.0,
-                   help="largest upload the server-side API accepts, in MiB (default 200)")
-    p.add_argument("--max-seconds", type=float, default=3 * 3600.0,
-                   help="longest audio the server-side API encodes or decodes, in seconds (default 10800)")
-    p.add_argument("--no-isolation", action="store_true",
-                   help="omit the COOP/COEP headers (the page then runs single-threaded WebAssembly)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding an address other machines can reach (prints a warning)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=200.0,
+        help="largest upload the server-side API accepts, in MiB (default 200)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=3 * 3600.0,
+        help="longest audio the server-side API encodes or decodes, in seconds (default 10800)",
+    )
+    p.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="omit the COOP/COEP headers (the page then runs single-threaded WebAssembly)",
+    )
     p.add_argument("--static", default=None, help=argparse.SUPPRESS)  # a built page elsewhere (development)
 
 
@@ -43,8 +62,10 @@ def check_bind(host: str, allow_remote: bool) -> bool:
     if is_loopback_host(host):
         return False
     if not allow_remote:
-        raise CliError(f"refusing to bind {host}: the server would be reachable from other machines; pass "
-                       "--allow-remote if that is what you want (default is 127.0.0.1)")
+        raise CliError(
+            f"refusing to bind {host}: the server would be reachable from other machines; pass "
+            "--allow-remote if that is what you want (default is 127.0.0.1)"
+        )
     return True
 
 
@@ -64,18 +85,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if onnx_dir is not None and not (onnx_dir / "manifest.json").is_file():
         raise CliError(f"--onnx {onnx_dir}: no manifest.json there (write one with the ONNX export)")
     static = Path(args.static) if args.static else None
-    settings = ServerSettings(weights=args.weights, onnx_dir=onnx_dir, revision=args.revision, engine=args.engine,
-                              device=args.device, num_threads=args.threads,
-                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                              max_audio_seconds=args.max_seconds, cross_origin_isolation=not args.no_isolation,
-                              loopback_only=not remote, **({"static_dir": static} if static else {}))
+    settings = ServerSettings(
+        weights=args.weights,
+        onnx_dir=onnx_dir,
+        revision=args.revision,
+        engine=args.engine,
+        device=args.device,
+        num_threads=args.threads,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_audio_seconds=args.max_seconds,
+        cross_origin_isolation=not args.no_isolation,
+        loopback_only=not remote,
+        **({"static_dir": static} if static else {}),
+    )
     if args.weights in ("random", "random-tiny"):
         print(RANDOM_WARNING, file=sys.stderr)
     if remote:
         print(REMOTE_WARNING.format(host=args.host, port=args.port), file=sys.stderr)
     if not (settings.static_dir / "index.html").is_file():
-        print(f"note: the page is not built ({settings.static_dir} has no index.html): run "
-              "`npm ci --prefix web && npm run build --prefix web`", file=sys.stderr)
+        print(
+            f"note: the page is not built ({settings.static_dir} has no index.html): run "
+            "`npm ci --prefix web && npm run build --prefix web`",
+            file=sys.stderr,
+        )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"mimistack web app on http://{shown}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     serve(settings, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")

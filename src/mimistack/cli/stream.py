@@ -29,48 +29,81 @@ DEFAULT_LISTEN = "127.0.0.1:8765"
 
 
 def register(command: Command) -> None:
-    stream = command("stream", _missing_subcommand, "stream tokens over WebSocket, level 0 first plus as many levels "
-                     "as the bandwidth allows (docs/protocol.md)", model=False)
+    stream = command(
+        "stream",
+        _missing_subcommand,
+        "stream tokens over WebSocket, level 0 first plus as many levels as the bandwidth allows (docs/protocol.md)",
+        model=False,
+    )
     actions = stream.add_subparsers(dest="stream_command", metavar="{send,receive}")
     actions.required = True
 
-    p = actions.add_parser("send", help="encode audio in real time and stream it to a receiver",
-                           description="Encode a file (paced to real time) or the microphone frame by frame and "
-                                       "send each 80 ms frame with level 0 plus as many levels as the bandwidth "
-                                       "estimate allows.")
+    p = actions.add_parser(
+        "send",
+        help="encode audio in real time and stream it to a receiver",
+        description="Encode a file (paced to real time) or the microphone frame by frame and "
+        "send each 80 ms frame with level 0 plus as many levels as the bandwidth "
+        "estimate allows.",
+    )
     p.set_defaults(handler=cmd_send)
     p.add_argument("input", nargs="?", help="audio file (any format; resampled to 24 kHz); omit with --mic")
     p.add_argument("uri", help="the receiver, e.g. ws://127.0.0.1:8765")
     p.add_argument("--mic", action="store_true", help="capture the default input device (needs sounddevice)")
     p.add_argument("--seconds", type=float, default=None, help="with --mic: stop after this long (default: Ctrl-C)")
     rate = p.add_argument_group("bandwidth (default: estimate from the receiver's feedback, from 1000 bit/s)")
-    rate.add_argument("--bitrate", default=None, help="a fixed bandwidth in bit/s (e.g. 4400 or 4.4k); with "
-                                                      "--feedback, the starting estimate")
-    rate.add_argument("--schedule", default=None, help='a scripted bandwidth: "SECONDS:BITRATE,...", e.g. '
-                                                       '"0:200,2:4400,5:500"')
+    rate.add_argument(
+        "--bitrate",
+        default=None,
+        help="a fixed bandwidth in bit/s (e.g. 4400 or 4.4k); with --feedback, the starting estimate",
+    )
+    rate.add_argument(
+        "--schedule", default=None, help='a scripted bandwidth: "SECONDS:BITRATE,...", e.g. "0:200,2:4400,5:500"'
+    )
     rate.add_argument("--feedback", action="store_true", help="adapt to the receiver's feedback (the default)")
     rate.add_argument("--max-levels", type=int, default=None, help="never send more levels than this")
-    rate.add_argument("--utilization", type=float, default=0.9,
-                      help="fraction of the bandwidth to plan for (default 0.9)")
-    rate.add_argument("--max-frames-per-message", type=int, default=16,
-                      help="largest batch of frames in one message at low bandwidth (default 16)")
+    rate.add_argument(
+        "--utilization", type=float, default=0.9, help="fraction of the bandwidth to plan for (default 0.9)"
+    )
+    rate.add_argument(
+        "--max-frames-per-message",
+        type=int,
+        default=16,
+        help="largest batch of frames in one message at low bandwidth (default 16)",
+    )
     add_model_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
-    p = actions.add_parser("receive", help="receive a stream, decode it as it arrives, write a wav",
-                           description="Serve one stream: decode every frame with the levels it got, conceal lost "
-                                       "or late frames, report level count and bitrate, write the audio.")
+    p = actions.add_parser(
+        "receive",
+        help="receive a stream, decode it as it arrives, write a wav",
+        description="Serve one stream: decode every frame with the levels it got, conceal lost "
+        "or late frames, report level count and bitrate, write the audio.",
+    )
     p.set_defaults(handler=cmd_receive)
-    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN}; "
-                                                            "port 0 picks a free port)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow listening on a non-loopback address (the stream is unencrypted)")
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow listening on a non-loopback address (the stream is unencrypted)",
+    )
     p.add_argument("-o", "--output", required=True, help="output audio (.wav or .flac)")
     p.add_argument("--mimi", default=None, help="also write the received tokens as a frame-major .mimi file")
-    p.add_argument("--max-delay", type=float, default=3.0,
-                   help="seconds after capture before a missing frame is concealed (default 3)")
-    p.add_argument("--idle-timeout", type=float, default=30.0,
-                   help="give up after this many seconds without a message (default 30)")
+    p.add_argument(
+        "--max-delay",
+        type=float,
+        default=3.0,
+        help="seconds after capture before a missing frame is concealed (default 3)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        help="give up after this many seconds without a message (default 30)",
+    )
     p.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     add_model_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -91,17 +124,17 @@ def cmd_send(args: argparse.Namespace) -> int:
     rate = _rate_controller(args)
     codec = load_codec(args)
     if args.mic:
-        source: Any = stream.MicSource(seconds=args.seconds, sample_rate=codec.sample_rate,
-                                       frame_size=codec.frame_size)
+        source: Any = stream.MicSource(seconds=args.seconds, sample_rate=codec.sample_rate, frame_size=codec.frame_size)
     else:
-        source = stream.FileSource(check_input(args.input), sample_rate=codec.sample_rate,
-                                   frame_size=codec.frame_size)
+        source = stream.FileSource(check_input(args.input), sample_rate=codec.sample_rate, frame_size=codec.frame_size)
     report = asyncio.run(_send(args, codec, source, rate))
     seconds = report.num_samples / codec.sample_rate
     levels = sum(report.frame_levels) / max(1, len(report.frame_levels))
-    print(f"sent {report.num_frames} frames ({seconds:.2f} s) in {report.messages} messages, {report.bytes_sent} "
-          f"bytes ({report.bytes_sent * 8 / max(seconds, 1e-9):.0f} bit/s), {levels:.1f} levels per frame on "
-          f"average; {len(report.plans)} plan(s)")
+    print(
+        f"sent {report.num_frames} frames ({seconds:.2f} s) in {report.messages} messages, {report.bytes_sent} "
+        f"bytes ({report.bytes_sent * 8 / max(seconds, 1e-9):.0f} bit/s), {levels:.1f} levels per frame on "
+        f"average; {len(report.plans)} plan(s)"
+    )
     if report.feedback:
         print(f"receiver: {_describe_feedback(report.feedback[-1])}")
     return 0
@@ -132,9 +165,16 @@ async def _send(args: argparse.Namespace, codec: Codec, source: Any, rate: Any) 
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, source.stop)
     printer = _Progress(args.quiet)
     try:
-        return await stream.send_stream(args.uri, codec, source, rate, max_levels=args.max_levels,
-                                        utilization=args.utilization,
-                                        max_frames_per_message=args.max_frames_per_message, on_progress=printer.sender)
+        return await stream.send_stream(
+            args.uri,
+            codec,
+            source,
+            rate,
+            max_levels=args.max_levels,
+            utilization=args.utilization,
+            max_frames_per_message=args.max_frames_per_message,
+            on_progress=printer.sender,
+        )
     finally:
         printer.close()
 
@@ -164,8 +204,11 @@ def cmd_receive(args: argparse.Namespace) -> int:
         stream.write_received_mimi(session, mimi, force=args.force)
     print(f"{target}: {report.summary()}" + (f" -> also {mimi}" if mimi else ""))
     if not report.complete:
-        print(f"mimistack stream receive: the stream did not finish ({report.error or 'no END'}); kept the "
-              f"{report.num_samples / codec.sample_rate:.2f} s received", file=sys.stderr)
+        print(
+            f"mimistack stream receive: the stream did not finish ({report.error or 'no END'}); kept the "
+            f"{report.num_samples / codec.sample_rate:.2f} s received",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -189,9 +232,16 @@ async def _receive(args: argparse.Namespace, codec: Codec, host: str, port: int,
 
     printer = _Progress(args.quiet)
     writer = AudioWriter(target, codec.sample_rate, force=args.force)
-    receiver = stream.StreamReceiver(codec, host=host, port=port, allow_remote=args.allow_remote,
-                                     idle_timeout=args.idle_timeout, max_delay=args.max_delay,
-                                     on_audio=writer.write, on_progress=printer.receiver)
+    receiver = stream.StreamReceiver(
+        codec,
+        host=host,
+        port=port,
+        allow_remote=args.allow_remote,
+        idle_timeout=args.idle_timeout,
+        max_delay=args.max_delay,
+        on_audio=writer.write,
+        on_progress=printer.receiver,
+    )
     try:
         async with receiver:
             print(f"listening on {receiver.uri} (one stream; Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -210,9 +260,11 @@ async def _receive(args: argparse.Namespace, codec: Codec, host: str, port: int,
 
 # -- progress -----------------------------------------------------------------------------------------------------
 def _describe_feedback(feedback: Any) -> str:
-    return (f"frame {feedback.frames_played}, {feedback.level_count} levels, "
-            f"{feedback.delivered_bps / 1000:.2f} kbit/s delivered, loss {feedback.loss_permille / 10:.1f} %, "
-            f"latency {feedback.latency_us / 1000:.0f} ms")
+    return (
+        f"frame {feedback.frames_played}, {feedback.level_count} levels, "
+        f"{feedback.delivered_bps / 1000:.2f} kbit/s delivered, loss {feedback.loss_permille / 10:.1f} %, "
+        f"latency {feedback.latency_us / 1000:.0f} ms"
+    )
 
 
 class _Progress:
@@ -245,8 +297,10 @@ class _Progress:
 
     def sender(self, status: Any) -> None:
         plan = status.plan
-        text = (f"sending: frame {status.frames}, estimate {status.estimate_bps / 1000:.2f} kbit/s -> "
-                f"{plan.level_count} levels, {plan.frames_per_message} frame(s) per message")
+        text = (
+            f"sending: frame {status.frames}, estimate {status.estimate_bps / 1000:.2f} kbit/s -> "
+            f"{plan.level_count} levels, {plan.frames_per_message} frame(s) per message"
+        )
         if status.feedback is not None:
             text += f" | receiver: {_describe_feedback(status.feedback)}"
         self._emit(text)

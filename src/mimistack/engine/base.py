@@ -64,13 +64,15 @@ class Engine(abc.ABC):
     """Longest input (in frames) that `encode_whole`/`decode_whole` take; 0 when the engine has no such path."""
 
     @abc.abstractmethod
-    def encode(self, pcm: NDArray[np.float32], state: EngineState | None,
-               mode: CacheMode) -> tuple[NDArray[np.int64], EngineState]:
+    def encode(
+        self, pcm: NDArray[np.float32], state: EngineState | None, mode: CacheMode
+    ) -> tuple[NDArray[np.int64], EngineState]:
         """pcm `[B, 1, N*frame_size]` -> codes int64 `[B, num_levels, N]` and the next state."""
 
     @abc.abstractmethod
-    def decode(self, codes: NDArray[np.int64], levels: Levels, state: EngineState | None,
-               mode: CacheMode) -> tuple[NDArray[np.float32], EngineState]:
+    def decode(
+        self, codes: NDArray[np.int64], levels: Levels, state: EngineState | None, mode: CacheMode
+    ) -> tuple[NDArray[np.float32], EngineState]:
         """codes `[B, num_levels, N]` + levels -> pcm float32 `[B, 1, N*frame_size]` and the next state.
 
         Levels not selected contribute nothing to the latent; their rows of `codes` are ignored.

@@ -55,19 +55,27 @@ class FakeEngine(Engine):
             return (rng.standard_normal((rows, cols)) / float(np.sqrt(cols))).astype(np.float32)
 
         self.tables = CodebookTables(
-            semantic_codebooks=books(config.num_semantic), acoustic_codebooks=books(config.num_acoustic),
-            semantic_input_proj=proj(book_dim, dim), semantic_output_proj=proj(dim, book_dim),
-            acoustic_input_proj=proj(book_dim, dim), acoustic_output_proj=proj(dim, book_dim))
+            semantic_codebooks=books(config.num_semantic),
+            acoustic_codebooks=books(config.num_acoustic),
+            semantic_input_proj=proj(book_dim, dim),
+            semantic_output_proj=proj(dim, book_dim),
+            acoustic_input_proj=proj(book_dim, dim),
+            acoustic_output_proj=proj(dim, book_dim),
+        )
         self.weights_sha256 = hashlib.sha256(f"fake-engine:{config.to_json()}:{seed}".encode()).hexdigest()
 
     @classmethod
     def create(cls, config: str | MimiConfig = "tiny", seed: int = 0, *, whole_max_frames: int = 0) -> FakeEngine:
-        return cls(config if isinstance(config, MimiConfig) else MimiConfig.named(config), seed,
-                   whole_max_frames=whole_max_frames)
+        return cls(
+            config if isinstance(config, MimiConfig) else MimiConfig.named(config),
+            seed,
+            whole_max_frames=whole_max_frames,
+        )
 
     # -- the contract ---------------------------------------------------------------------------------------
-    def encode(self, pcm: NDArray[np.float32], state: FakeState | None,
-               mode: CacheMode) -> tuple[NDArray[np.int64], FakeState]:
+    def encode(
+        self, pcm: NDArray[np.float32], state: FakeState | None, mode: CacheMode
+    ) -> tuple[NDArray[np.int64], FakeState]:
         check_cache_mode(mode)
         frames = self._frames(pcm)
         state = state if state is not None else self.init_encoder_state(frames.shape[0], mode)
@@ -81,8 +89,9 @@ class FakeEngine(Engine):
             previous = current
         return codes, FakeState(previous.copy(), state.frames + frames.shape[1])
 
-    def decode(self, codes: NDArray[np.int64], levels: Levels, state: FakeState | None,
-               mode: CacheMode) -> tuple[NDArray[np.float32], FakeState]:
+    def decode(
+        self, codes: NDArray[np.int64], levels: Levels, state: FakeState | None, mode: CacheMode
+    ) -> tuple[NDArray[np.float32], FakeState]:
         check_cache_mode(mode)
         codes = np.asarray(codes)
         if codes.ndim != 3 or codes.shape[1] != self.config.num_levels:
@@ -96,8 +105,9 @@ class FakeEngine(Engine):
         size = self.config.frame_size
         for t in range(count):
             current = np.ascontiguousarray(latent[:, :, t])
-            pcm[:, 0, t * size:(t + 1) * size] = current @ self._synthesis.T + np.float32(0.25) * (
-                previous @ self._synthesis.T)
+            pcm[:, 0, t * size : (t + 1) * size] = current @ self._synthesis.T + np.float32(0.25) * (
+                previous @ self._synthesis.T
+            )
             previous = current
         return pcm, FakeState(previous.copy(), state.frames + count)
 

@@ -76,9 +76,18 @@ class OnnxEngine(Engine):
 
     name = "onnx"
 
-    def __init__(self, onnx_dir: str | os.PathLike[str], *, device: str = "cpu", num_threads: int | None = None,
-                 variant: str = "fp32", optimization: str = "all", verify_sha256: bool = False,
-                 spinning: bool = True, thread_pool: str = "auto") -> None:
+    def __init__(
+        self,
+        onnx_dir: str | os.PathLike[str],
+        *,
+        device: str = "cpu",
+        num_threads: int | None = None,
+        variant: str = "fp32",
+        optimization: str = "all",
+        verify_sha256: bool = False,
+        spinning: bool = True,
+        thread_pool: str = "auto",
+    ) -> None:
         try:
             import onnxruntime
         except ImportError as error:  # pragma: no cover - a core dependency
@@ -97,8 +106,10 @@ class OnnxEngine(Engine):
         check_files(self.onnx_dir, self.manifest, needed, verify_sha256)
         self.tables: CodebookTables = load_codebooks(self.onnx_dir / CODEBOOKS_NAME)
         if self.tables.num_levels != self.config.num_levels:
-            raise OnnxDirError(f"{self.onnx_dir / CODEBOOKS_NAME} has {self.tables.num_levels} levels, the config "
-                               f"{self.config.num_levels}")
+            raise OnnxDirError(
+                f"{self.onnx_dir / CODEBOOKS_NAME} has {self.tables.num_levels} levels, the config "
+                f"{self.config.num_levels}"
+            )
         self.device = device
         self._providers = providers_for(device)
         if thread_pool not in ("auto", "shared", "session"):
@@ -113,8 +124,9 @@ class OnnxEngine(Engine):
         self.session_options = session_options(threads, optimization, spinning, shared_pool=shared)
         self._verify_sha256 = verify_sha256
         self._sessions: dict[str, Any] = {}
-        self._states = {name: [StateSpec.from_dict(s) for s in spec["states"]]
-                        for name, spec in self.manifest["streams"].items()}
+        self._states = {
+            name: [StateSpec.from_dict(s) for s in spec["states"]] for name, spec in self.manifest["streams"].items()
+        }
 
     def __repr__(self) -> str:
         return f"OnnxEngine({str(self.onnx_dir)!r}, variant={self.variant!r}, device={self.device!r})"
@@ -132,12 +144,15 @@ class OnnxEngine(Engine):
                 self.thread_pool = "shared"
                 options = self.session_options = session_options(self._threads, self._optimization, shared_pool=True)
             try:
-                self._sessions[graph] = self.ort.InferenceSession(str(path), sess_options=options,
-                                                                  providers=self._providers)
+                self._sessions[graph] = self.ort.InferenceSession(
+                    str(path), sess_options=options, providers=self._providers
+                )
             except Exception as error:
-                raise OnnxDirError(f"ONNX Runtime cannot load {path} ({type(error).__name__}: {error}); the export "
-                                   "is corrupt or too new for this onnxruntime: re-export with "
-                                   "`mimistack export-onnx --force`") from error
+                raise OnnxDirError(
+                    f"ONNX Runtime cannot load {path} ({type(error).__name__}: {error}); the export "
+                    "is corrupt or too new for this onnxruntime: re-export with "
+                    "`mimistack export-onnx --force`"
+                ) from error
         return self._sessions[graph]
 
     def warm_up(self) -> None:
@@ -149,21 +164,25 @@ class OnnxEngine(Engine):
         check_cache_mode(mode)
         graph = STREAM_GRAPHS[direction, mode]
         if graph not in self.manifest["streams"]:
-            raise EngineError(f"{self.onnx_dir} has no {graph}.onnx: cache mode {mode!r} needs an export made with "
-                              "`mimistack export-onnx --moshi-stream` (or use mode 'window')")
+            raise EngineError(
+                f"{self.onnx_dir} has no {graph}.onnx: cache mode {mode!r} needs an export made with "
+                "`mimistack export-onnx --moshi-stream` (or use mode 'window')"
+            )
         return graph
 
     def _initial(self, graph: str, batch_size: int) -> OnnxStreamState:
         return OnnxStreamState(graph, batch_size, [spec.zeros(batch_size) for spec in self._states[graph]])
 
-    def _run(self, graph: str, main: str, output: str, value: np.ndarray,
-             state: OnnxStreamState | None) -> tuple[np.ndarray, OnnxStreamState]:
+    def _run(
+        self, graph: str, main: str, output: str, value: np.ndarray, state: OnnxStreamState | None
+    ) -> tuple[np.ndarray, OnnxStreamState]:
         batch_size = value.shape[0]
         if state is None:
             state = self._initial(graph, batch_size)
         elif not isinstance(state, OnnxStreamState) or state.graph != graph:
-            raise EngineError(f"this state does not belong to {graph} (a state from another engine, direction or "
-                              "cache mode)")
+            raise EngineError(
+                f"this state does not belong to {graph} (a state from another engine, direction or cache mode)"
+            )
         elif state.batch_size != batch_size:
             raise EngineError(f"state is for batch size {state.batch_size}, input has {batch_size}")
         specs = self._states[graph]
@@ -184,15 +203,15 @@ class OnnxEngine(Engine):
             return empty, state if state is not None else self._initial(graph, pcm.shape[0])
         return self._run(graph, "pcm", "codes", pcm, state)
 
-    def decode(self, codes: np.ndarray, levels: Levels, state: Any | None,
-               mode: CacheMode) -> tuple[np.ndarray, Any]:
+    def decode(self, codes: np.ndarray, levels: Levels, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
         """codes `[B, num_levels, N]` + levels -> pcm float32 `[B, 1, N*frame_size]` and the next state."""
         graph = self._stream_graph("decoder", mode)
         latent = latent_from_codes(self.tables, np.asarray(codes), levels)
         return self.decode_latent(latent, state, graph)
 
-    def decode_latent(self, latent: np.ndarray, state: Any | None,
-                      graph: str = STREAM_GRAPHS["decoder", "window"]) -> tuple[np.ndarray, Any]:
+    def decode_latent(
+        self, latent: np.ndarray, state: Any | None, graph: str = STREAM_GRAPHS["decoder", "window"]
+    ) -> tuple[np.ndarray, Any]:
         """latent float32 `[B, dimension, N]` -> pcm `[B, 1, N*frame_size]` (for clients with their own latent)."""
         latent = np.ascontiguousarray(latent, dtype=np.float32)
         if latent.ndim != 3 or latent.shape[1] != self.config.dimension:

@@ -31,10 +31,15 @@ def cached_export_dir(weights_sha256: str) -> Path:
     return cache_root() / weights_sha256
 
 
-def load_onnx_engine(weights: str | os.PathLike[str] | WeightsRef | None = None,
-                     onnx_dir: str | os.PathLike[str] | None = None, revision: str | None = None,
-                     device: str = "cpu", num_threads: int | None = None, variant: OnnxVariant = "fp32",
-                     optimization: str = "all") -> OnnxEngine:
+def load_onnx_engine(
+    weights: str | os.PathLike[str] | WeightsRef | None = None,
+    onnx_dir: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    variant: OnnxVariant = "fp32",
+    optimization: str = "all",
+) -> OnnxEngine:
     """The ONNX engine for an export folder (`onnx_dir`), or for `weights` through the export cache.
 
     With `weights` only, the graphs come from `cached_export_dir(sha256 of the weights file)`; on first use they are
@@ -42,14 +47,17 @@ def load_onnx_engine(weights: str | os.PathLike[str] | WeightsRef | None = None,
     that says how to export elsewhere. With both, the folder must have been exported from those weights.
     """
     if onnx_dir is not None:
-        engine = OnnxEngine(onnx_dir, device=device, num_threads=num_threads, variant=variant,
-                            optimization=optimization)
+        engine = OnnxEngine(
+            onnx_dir, device=device, num_threads=num_threads, variant=variant, optimization=optimization
+        )
         if weights is not None:
             ref = WeightsRef.resolve(weights, revision)
             if ref.sha256 != engine.weights_sha256:
-                raise OnnxDirError(f"{onnx_dir} was exported from weights with sha256 {engine.weights_sha256[:16]}…, "
-                                   f"but {ref.source!r} has sha256 {ref.sha256[:16]}…; pass the matching weights "
-                                   "or export these ones")
+                raise OnnxDirError(
+                    f"{onnx_dir} was exported from weights with sha256 {engine.weights_sha256[:16]}…, "
+                    f"but {ref.source!r} has sha256 {ref.sha256[:16]}…; pass the matching weights "
+                    "or export these ones"
+                )
         return engine
     if weights is None:
         raise EngineError("the onnx engine needs exported graphs (onnx_dir / --onnx DIR) or weights to export from")
@@ -59,8 +67,10 @@ def load_onnx_engine(weights: str | os.PathLike[str] | WeightsRef | None = None,
         export_to_cache(ref, folder)
     engine = OnnxEngine(folder, device=device, num_threads=num_threads, variant=variant, optimization=optimization)
     if engine.weights_sha256 != ref.sha256:
-        raise OnnxDirError(f"the cached export {folder} says it comes from weights {engine.weights_sha256[:16]}…, "
-                           f"not {ref.sha256[:16]}…; delete that folder so that it is exported again")
+        raise OnnxDirError(
+            f"the cached export {folder} says it comes from weights {engine.weights_sha256[:16]}…, "
+            f"not {ref.sha256[:16]}…; delete that folder so that it is exported again"
+        )
     return engine
 
 
@@ -73,8 +83,12 @@ def export_to_cache(ref: WeightsRef, folder: Path | None = None) -> Path:
 
     try:
         require_export_dependencies()
-        logger.warning("exporting ONNX graphs for %s to %s (first use of these weights with the onnx engine; this "
-                       "takes a while, later loads reuse them)", ref.source, folder)
+        logger.warning(
+            "exporting ONNX graphs for %s to %s (first use of these weights with the onnx engine; this "
+            "takes a while, later loads reuse them)",
+            ref.source,
+            folder,
+        )
         folder.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(ref.path, folder, transformers_js=False)
     except ExportDependencyError as error:
@@ -83,7 +97,8 @@ def export_to_cache(ref: WeightsRef, folder: Path | None = None) -> Path:
             f"exporting them needs torch ({error}). On a machine with torch run\n"
             f"    mimistack export-onnx --weights {ref.source} -o mimi-onnx\n"
             f"then copy the folder here and pass --onnx mimi-onnx (Codec.load(..., "
-            "engine=OnnxOptions(onnx_dir='mimi-onnx')))") from error
+            "engine=OnnxOptions(onnx_dir='mimi-onnx')))"
+        ) from error
     except FileExistsError:
         if not (folder / MANIFEST_NAME).is_file():
             raise

@@ -46,7 +46,6 @@ def graph_file(name: str, variant: str = "fp32") -> str:
     return f"{name}.onnx" if variant == "fp32" else f"{name}.{variant}.onnx"
 
 
-
 # -- the folder -----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StateSpec:
@@ -63,8 +62,7 @@ class StateSpec:
         return cls(input=data["name"], output=data["output"], shape=tuple(data["shape"]), dtype=data["dtype"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype,
-                "initial": 0}
+        return {"name": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype, "initial": 0}
 
     def zeros(self, batch_size: int) -> np.ndarray:
         shape = tuple(batch_size if dim == "batch" else int(dim) for dim in self.shape)
@@ -90,16 +88,19 @@ def read_manifest(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise OnnxDirError(f"{path} is not a mimistack ONNX manifest (format {found!r}, expected {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise OnnxDirError(f"{path} has format version {manifest.get('format_version')!r}; this mimistack reads "
-                           f"version {FORMAT_VERSION}: re-export with this version (`mimistack export-onnx --force`)")
+        raise OnnxDirError(
+            f"{path} has format version {manifest.get('format_version')!r}; this mimistack reads "
+            f"version {FORMAT_VERSION}: re-export with this version (`mimistack export-onnx --force`)"
+        )
     missing = [key for key in ("config", "weights_sha256", "files", "streams", "opset") if key not in manifest]
     if missing:
         raise OnnxDirError(f"{path} lacks {', '.join(missing)}; re-export with `mimistack export-onnx --force`")
     return manifest
 
 
-def check_files(onnx_dir: str | os.PathLike[str], manifest: dict[str, Any], names: Sequence[str],
-                verify_sha256: bool = False) -> None:
+def check_files(
+    onnx_dir: str | os.PathLike[str], manifest: dict[str, Any], names: Sequence[str], verify_sha256: bool = False
+) -> None:
     """Every file in `names` is listed, present and of the recorded size (and sha256 when asked)."""
     from ..weights import file_sha256
 
@@ -108,18 +109,24 @@ def check_files(onnx_dir: str | os.PathLike[str], manifest: dict[str, Any], name
     for name in names:
         entry = files.get(name)
         if entry is None:
-            raise OnnxDirError(f"{folder / MANIFEST_NAME} does not list {name}; re-export with "
-                               "`mimistack export-onnx --force` (and the variant or stream mode you need)")
+            raise OnnxDirError(
+                f"{folder / MANIFEST_NAME} does not list {name}; re-export with "
+                "`mimistack export-onnx --force` (and the variant or stream mode you need)"
+            )
         path = folder / name
         if not path.is_file():
             raise OnnxDirError(f"{path} is missing from the export; re-export with `mimistack export-onnx --force`")
         size = path.stat().st_size
         if size != entry["bytes"]:
-            raise OnnxDirError(f"{path} is {size} bytes, the manifest says {entry['bytes']}: the export is corrupt "
-                               "or was changed; re-export with `mimistack export-onnx --force`")
+            raise OnnxDirError(
+                f"{path} is {size} bytes, the manifest says {entry['bytes']}: the export is corrupt "
+                "or was changed; re-export with `mimistack export-onnx --force`"
+            )
         if verify_sha256 and file_sha256(path) != entry["sha256"]:
-            raise OnnxDirError(f"{path} does not match its sha256 in the manifest: the export is corrupt; re-export "
-                               "with `mimistack export-onnx --force`")
+            raise OnnxDirError(
+                f"{path} does not match its sha256 in the manifest: the export is corrupt; re-export "
+                "with `mimistack export-onnx --force`"
+            )
 
 
 def load_codebooks(path: str | os.PathLike[str]) -> CodebookTables:
@@ -129,8 +136,9 @@ def load_codebooks(path: str | os.PathLike[str]) -> CodebookTables:
     try:
         arrays = load_file(str(path))
     except Exception as error:
-        raise OnnxDirError(f"{path} is not a readable safetensors file ({error}); re-export with "
-                           "`mimistack export-onnx --force`") from error
+        raise OnnxDirError(
+            f"{path} is not a readable safetensors file ({error}); re-export with `mimistack export-onnx --force`"
+        ) from error
     missing = [name for name in CODEBOOK_FIELDS if name not in arrays]
     if missing:
         raise OnnxDirError(f"{path} lacks {', '.join(missing)}; re-export with `mimistack export-onnx --force`")

@@ -105,5 +105,6 @@ def resolve_options(engine: EngineName | EngineOptions) -> EngineOptions:
         return TorchOptions()
     if engine == "onnx":
         return OnnxOptions()
-    raise EngineError(f"unknown engine {engine!r}; expected 'auto', 'torch', 'onnx', TorchOptions(...) or "
-                      "OnnxOptions(...)")
+    raise EngineError(
+        f"unknown engine {engine!r}; expected 'auto', 'torch', 'onnx', TorchOptions(...) or OnnxOptions(...)"
+    )

@@ -63,22 +63,26 @@ def shared_thread_pool(num_threads: int) -> bool:
                 logger.info("no shared ONNX Runtime thread pool (%s); sessions get their own", error)
                 _shared_pool_threads = -1
         if _shared_pool_threads > 0 and _shared_pool_threads != num_threads:
-            logger.info("ONNX Runtime's shared pool has %d threads; %d were asked for", _shared_pool_threads,
-                        num_threads)
+            logger.info(
+                "ONNX Runtime's shared pool has %d threads; %d were asked for", _shared_pool_threads, num_threads
+            )
         return _shared_pool_threads > 0
 
 
-def session_options(num_threads: int | None = None, optimization: str = "all", spinning: bool = True,
-                    shared_pool: bool = False) -> Any:
+def session_options(
+    num_threads: int | None = None, optimization: str = "all", spinning: bool = True, shared_pool: bool = False
+) -> Any:
     """ONNX Runtime options: `num_threads` intra-op threads (default 2), sequential execution, and a graph
     optimisation level ("disable", "basic", "extended", "all"). `shared_pool`: run on the process-wide pool made
     by `shared_thread_pool` (the thread count is then that pool's)."""
     import onnxruntime as ort
 
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
     if optimization not in levels:
         raise EngineError(f"unknown optimization level {optimization!r}; expected one of {', '.join(levels)}")
     threads = DEFAULT_THREADS if num_threads is None else num_threads
@@ -105,8 +109,10 @@ def providers_for(device: str) -> list[Any]:
         return ["CPUExecutionProvider"]
     if device == "cuda" or device.startswith("cuda:"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise EngineError(f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime "
-                              f"offers {', '.join(ort.get_available_providers())}")
+            raise EngineError(
+                f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime "
+                f"offers {', '.join(ort.get_available_providers())}"
+            )
         device_id = int(device.split(":", 1)[1]) if ":" in device else 0
         return [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
     raise EngineError(f"unknown device {device!r} for the onnx engine; expected 'cpu', 'cuda' or 'cuda:N'")

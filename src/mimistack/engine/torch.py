@@ -23,8 +23,9 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as error:
-        raise EngineError("the torch engine needs PyTorch: pip install 'mimistack[torch]' "
-                          "(or use engine='onnx' with exported graphs)") from error
+        raise EngineError(
+            "the torch engine needs PyTorch: pip install 'mimistack[torch]' (or use engine='onnx' with exported graphs)"
+        ) from error
     return torch
 
 
@@ -41,9 +42,17 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, weights: LoadedWeights, device: str = "cpu", dtype: str = "float32",
-                 num_threads: int | None = None, *, fast: bool = False, compile: bool = False,
-                 fast_max_frames: int = 1500) -> None:
+    def __init__(
+        self,
+        weights: LoadedWeights,
+        device: str = "cpu",
+        dtype: str = "float32",
+        num_threads: int | None = None,
+        *,
+        fast: bool = False,
+        compile: bool = False,
+        fast_max_frames: int = 1500,
+    ) -> None:
         torch = _import_torch()
         from ..torch.mimi import MimiModel
 
@@ -108,8 +117,7 @@ class TorchEngine(Engine):
             codes = self.model.quantizer.encode(latent.float())
         return codes.cpu().numpy(), state
 
-    def decode(self, codes: np.ndarray, levels: Levels, state: Any | None,
-               mode: CacheMode) -> tuple[np.ndarray, Any]:
+    def decode(self, codes: np.ndarray, levels: Levels, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
         torch = self.torch
         with torch.inference_mode(), self._precision():
             c = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)).to(self.device)

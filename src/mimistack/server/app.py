@@ -59,33 +59,55 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_AUDIO_SECONDS = 3 * 3600.0
 RANDOM_WEIGHTS = ("random", "random-tiny")
-MODEL_FILES = ("manifest.json", "encoder.onnx", "decoder.onnx", "embed.onnx", "encoder_stream.onnx",
-               "decoder_stream.onnx", "codebooks.safetensors",
-               *(f"{graph}.{variant}.onnx" for graph in ("encoder", "decoder", "encoder_stream", "decoder_stream")
-                 for variant in ("fp16", "int8")))
+MODEL_FILES = (
+    "manifest.json",
+    "encoder.onnx",
+    "decoder.onnx",
+    "embed.onnx",
+    "encoder_stream.onnx",
+    "decoder_stream.onnx",
+    "codebooks.safetensors",
+    *(
+        f"{graph}.{variant}.onnx"
+        for graph in ("encoder", "decoder", "encoder_stream", "decoder_stream")
+        for variant in ("fp16", "int8")
+    ),
+)
 """Files of an exported ONNX folder the page may fetch; nothing else in the folder is served."""
 
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self' 'wasm-unsafe-eval'",
-    "worker-src 'self'",
-    "connect-src 'self'",
-    "img-src 'self' data: blob:",
-    "media-src 'self' blob:",
-    "style-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'none'",
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self' 'wasm-unsafe-eval'",
+        "worker-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob:",
+        "style-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
 MEDIA_TYPES = {
-    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".wasm": "application/wasm",
-    ".json": "application/json", ".map": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
-    ".ico": "image/x-icon", ".txt": "text/plain; charset=utf-8", ".wav": "audio/wav",
-    ".onnx": "application/octet-stream", ".data": "application/octet-stream",
-    ".safetensors": "application/octet-stream", ".woff2": "font/woff2",
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".map": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".wav": "audio/wav",
+    ".onnx": "application/octet-stream",
+    ".data": "application/octet-stream",
+    ".safetensors": "application/octet-stream",
+    ".woff2": "font/woff2",
 }
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -180,8 +202,11 @@ class ModelService:
             self._export_error = f"{self._onnx_dir} holds no manifest.json: not a folder written by export_onnx"
         if not ready and self._export_error is None:
             self.prepare_graphs()
-        return {"ready": ready, "error": None if ready else self._export_error,
-                "exporting": not ready and self._export_thread is not None and self._export_thread.is_alive()}
+        return {
+            "ready": ready,
+            "error": None if ready else self._export_error,
+            "exporting": not ready and self._export_thread is not None and self._export_thread.is_alive(),
+        }
 
     @property
     def random_weights(self) -> bool:
@@ -201,8 +226,9 @@ class ModelService:
                 from ..codec import Codec
 
                 started = time.perf_counter()
-                self._codec = Codec.load(self.settings.weights, engine=self._engine_options(),
-                                         revision=self.settings.revision)
+                self._codec = Codec.load(
+                    self.settings.weights, engine=self._engine_options(), revision=self.settings.revision
+                )
                 logger.info("loaded %r in %.1f s", self._codec, time.perf_counter() - started)
             return self._codec
 
@@ -214,8 +240,9 @@ class ModelService:
             engine = "onnx"  # a torch-free install serving exported graphs: run those on the server too
         if engine == "torch":
             return TorchOptions(device=self.settings.device, num_threads=self.settings.num_threads)
-        return OnnxOptions(onnx_dir=self.settings.onnx_dir, device=self.settings.device,
-                           num_threads=self.settings.num_threads)
+        return OnnxOptions(
+            onnx_dir=self.settings.onnx_dir, device=self.settings.device, num_threads=self.settings.num_threads
+        )
 
     def onnx_dir(self) -> Path:
         """The folder of exported graphs: `--onnx DIR`, or exported into the cache on first use."""
@@ -276,7 +303,7 @@ def export_to_cache(weights_path: Path) -> Path:
 def sniff_audio(head: bytes) -> str | None:
     """The suffix of the audio container `head` starts with, or None when it is not one the server accepts."""
     for suffix, checks in _AUDIO_SIGNATURES:
-        if all(head[offset:offset + len(magic)] == magic for offset, magic in checks):
+        if all(head[offset : offset + len(magic)] == magic for offset, magic in checks):
             return suffix
     if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio frame sync (MP3 without ID3)
         return ".mp3"
@@ -314,8 +341,9 @@ def encode_upload(service: ModelService, body: bytes, name: str) -> TokenGrid:
 
     suffix = sniff_audio(body[:16])
     if suffix is None:
-        raise ApiError(415, "the upload is not an audio file the server recognises (WAV, FLAC, Ogg, AIFF, CAF, "
-                            "MP3, M4A or WebM)")
+        raise ApiError(
+            415, "the upload is not an audio file the server recognises (WAV, FLAC, Ogg, AIFF, CAF, MP3, M4A or WebM)"
+        )
     with tempfile.TemporaryDirectory(prefix="mimistack-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(body)
@@ -342,9 +370,14 @@ def encode_upload(service: ModelService, body: bytes, name: str) -> TokenGrid:
 def grid_json(grid: TokenGrid, elapsed: float) -> dict[str, Any]:
     """A TokenGrid as JSON for the page: `codes` is base64 of uint16 little-endian, level-major `[K, T]`."""
     return {
-        "num_levels": grid.num_levels, "num_frames": grid.num_frames, "num_samples": grid.num_samples,
-        "sample_rate": grid.sample_rate, "frame_rate": grid.frame_rate, "codebook_size": grid.codebook_size,
-        "weights_sha256": grid.weights_sha256, "levels_present": list(grid.present),
+        "num_levels": grid.num_levels,
+        "num_frames": grid.num_frames,
+        "num_samples": grid.num_samples,
+        "sample_rate": grid.sample_rate,
+        "frame_rate": grid.frame_rate,
+        "codebook_size": grid.codebook_size,
+        "weights_sha256": grid.weights_sha256,
+        "levels_present": list(grid.present),
         "codes": base64.b64encode(grid.codes.astype("<u2").tobytes()).decode("ascii"),
         "elapsed_seconds": round(elapsed, 4),
     }
@@ -354,9 +387,9 @@ def decode_upload(service: ModelService, body: bytes, levels_text: str | None) -
     """`.mimi` bytes + a level spec -> (float32 WAV bytes, the levels decoded, a truncation note or None)."""
     import soundfile
 
-    from ..container import ContainerError, TruncatedFileWarning, grid_from_bytes
     from ..levels import LevelsError
-    from ..tokens import TokenGridError
+    from ..mimifile import ContainerError, TruncatedFileWarning
+    from ..tokens import TokenGridError, grid_from_bytes
 
     note = None
     try:
@@ -370,11 +403,17 @@ def decode_upload(service: ModelService, body: bytes, levels_text: str | None) -
         raise ApiError(400, f"not a valid .mimi file: {error}") from error
     codec = service.codec()
     if grid.num_levels != codec.num_levels or grid.codebook_size != codec.codebook_size:
-        raise ApiError(400, f"the file holds {grid.num_levels} levels of {grid.codebook_size} tokens; this model "
-                            f"has {codec.num_levels} levels of {codec.codebook_size}")
+        raise ApiError(
+            400,
+            f"the file holds {grid.num_levels} levels of {grid.codebook_size} tokens; this model "
+            f"has {codec.num_levels} levels of {codec.codebook_size}",
+        )
     if grid.duration > service.settings.max_audio_seconds:
-        raise ApiError(413, f"the grid is {grid.duration:.1f} s long; the server accepts at most "
-                            f"{service.settings.max_audio_seconds:g} s")
+        raise ApiError(
+            413,
+            f"the grid is {grid.duration:.1f} s long; the server accepts at most "
+            f"{service.settings.max_audio_seconds:g} s",
+        )
     try:
         levels = grid.check_levels(levels_text) if levels_text else grid.present
     except (LevelsError, TokenGridError) as error:
@@ -452,12 +491,15 @@ class SecurityMiddleware:
             ("cross-origin-resource-policy", "same-origin"),
         ]
         if settings.cross_origin_isolation:
-            headers += [("cross-origin-opener-policy", "same-origin"),
-                        ("cross-origin-embedder-policy", "require-corp")]
+            headers += [("cross-origin-opener-policy", "same-origin"), ("cross-origin-embedder-policy", "require-corp")]
         self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -484,7 +526,8 @@ class SecurityMiddleware:
                 message = dict(message)
                 present = {k.lower() for k, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
-                    (k, v) for k, v in self.headers if k not in present]
+                    (k, v) for k, v in self.headers if k not in present
+                ]
             await send(message)
 
         return wrapped
@@ -509,16 +552,24 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise
         except Exception as error:  # weights that cannot be loaded: tell the page why
             raise ApiError(503, f"cannot load the model {settings.weights!r}: {error}") from error
-        return JSONResponse({
-            "version": __version__,
-            "weights": Path(settings.weights).name if Path(settings.weights).is_file() else settings.weights,
-            "random_weights": service.random_weights,
-            "sample_rate": config.sample_rate, "frame_rate": config.frame_rate, "frame_size": config.frame_size,
-            "num_levels": config.num_levels, "num_semantic": config.num_semantic,
-            "codebook_size": config.codebook_size, "dimension": config.dimension,
-            "max_upload_bytes": settings.max_upload_bytes, "max_audio_seconds": settings.max_audio_seconds,
-            "server_engine": settings.engine, "cross_origin_isolation": settings.cross_origin_isolation,
-        })
+        return JSONResponse(
+            {
+                "version": __version__,
+                "weights": Path(settings.weights).name if Path(settings.weights).is_file() else settings.weights,
+                "random_weights": service.random_weights,
+                "sample_rate": config.sample_rate,
+                "frame_rate": config.frame_rate,
+                "frame_size": config.frame_size,
+                "num_levels": config.num_levels,
+                "num_semantic": config.num_semantic,
+                "codebook_size": config.codebook_size,
+                "dimension": config.dimension,
+                "max_upload_bytes": settings.max_upload_bytes,
+                "max_audio_seconds": settings.max_audio_seconds,
+                "server_engine": settings.engine,
+                "cross_origin_isolation": settings.cross_origin_isolation,
+            }
+        )
 
     @app.get("/api/models")
     async def models() -> JSONResponse:
@@ -544,11 +595,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         grid = await run_in_threadpool(encode_upload, service, body, name[:200])
         elapsed = time.perf_counter() - started
         if format == "mimi":
-            from ..container import grid_to_bytes
+            from ..tokens import grid_to_bytes
 
             stem = Path(name).stem or "tokens"
-            return Response(grid_to_bytes(grid), media_type="application/octet-stream",
-                            headers={"content-disposition": f'attachment; filename="{_ascii_name(stem)}.mimi"'})
+            return Response(
+                grid_to_bytes(grid),
+                media_type="application/octet-stream",
+                headers={"content-disposition": f'attachment; filename="{_ascii_name(stem)}.mimi"'},
+            )
         return JSONResponse(grid_json(grid, elapsed))
 
     @app.post("/api/decode")
@@ -587,8 +641,7 @@ def _ascii_name(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:100] or "tokens"
 
 
-def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          log_level: str = "info") -> None:
+def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = DEFAULT_PORT, log_level: str = "info") -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 

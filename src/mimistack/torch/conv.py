@@ -33,14 +33,25 @@ class StreamingConv1d(nn.Module):
     until the first chunk has been seen: the left context then replicates the first sample).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 groups: int = 1, bias: bool = True, pad_mode: str = "constant") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        pad_mode: str = "constant",
+    ) -> None:
         super().__init__()
         if pad_mode not in ("constant", "replicate"):
             raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
         self.pad_mode = pad_mode
-        self.conv = _Holder("conv", nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation,
-                                              groups=groups, bias=bias))
+        self.conv = _Holder(
+            "conv",
+            nn.Conv1d(in_channels, out_channels, kernel_size, stride, dilation=dilation, groups=groups, bias=bias),
+        )
         self.stride = stride
         self.context = (kernel_size - 1) * dilation + 1 - stride
 
@@ -63,7 +74,7 @@ class StreamingConv1d(nn.Module):
             mode = "replicate" if self.pad_mode == "replicate" else "constant"
             padded = F.pad(x, (self.context, 0), mode=mode)
             y = self.inner(padded)
-            new_state: State = (padded[..., -self.context:],)
+            new_state: State = (padded[..., -self.context :],)
             if self.pad_mode == "replicate":
                 new_state = (*new_state, torch.zeros(x.shape[0], 1, 1, device=x.device, dtype=x.dtype))
             return y, new_state
@@ -73,7 +84,7 @@ class StreamingConv1d(nn.Module):
             previous = first * x[..., :1] + (1 - first) * previous
         padded = torch.cat([previous, x], dim=-1)
         y = self.inner(padded)
-        new_state = (padded[..., -self.context:],)
+        new_state = (padded[..., -self.context :],)
         if self.pad_mode == "replicate":
             new_state = (*new_state, torch.zeros_like(state[1]))
         return y, new_state
@@ -86,11 +97,13 @@ class StreamingConvTranspose1d(nn.Module):
     since the next chunk adds its own).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                 bias: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, bias: bool = True
+    ) -> None:
         super().__init__()
-        self.convtr = _Holder("convtr", nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride,
-                                                           groups=groups, bias=bias))
+        self.convtr = _Holder(
+            "convtr", nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=bias)
+        )
         self.stride = stride
         self.overlap = kernel_size - stride
         # PyTorch's CPU transposed convolution takes a slow path (col2im) on short inputs, which dominates
@@ -156,8 +169,7 @@ class ConvTrUpsample1d(nn.Module):
 
     def __init__(self, stride: int, dimension: int) -> None:
         super().__init__()
-        self.convtr = StreamingConvTranspose1d(dimension, dimension, 2 * stride, stride, groups=dimension,
-                                               bias=False)
+        self.convtr = StreamingConvTranspose1d(dimension, dimension, 2 * stride, stride, groups=dimension, bias=False)
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         return self.convtr.init_state(batch_size, device, dtype)

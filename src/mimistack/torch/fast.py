@@ -79,15 +79,22 @@ class ChannelsLastSeanet(nn.Module):
             if isinstance(layer, nn.ELU):
                 self.ops.append(("elu", layer.alpha))
             elif isinstance(layer, ResnetBlock):
-                self.ops.append(("res", self._conv(cast(StreamingConv1d, layer.block[1])),
-                                 self._conv(cast(StreamingConv1d, layer.block[3])),
-                                 layer.block[0].alpha, layer.block[2].alpha))
+                self.ops.append(
+                    (
+                        "res",
+                        self._conv(cast(StreamingConv1d, layer.block[1])),
+                        self._conv(cast(StreamingConv1d, layer.block[3])),
+                        layer.block[0].alpha,
+                        layer.block[2].alpha,
+                    )
+                )
             elif isinstance(layer, StreamingConv1d):
                 self.ops.append(self._conv(layer))
             elif isinstance(layer, StreamingConvTranspose1d):
                 weight, bias = polyphase_weight(layer.inner)
-                self.ops.append(("polyphase", self._keep(weight), self._keep(bias), layer.stride,
-                                 layer.inner.out_channels))
+                self.ops.append(
+                    ("polyphase", self._keep(weight), self._keep(bias), layer.stride, layer.inner.out_channels)
+                )
             else:
                 raise TypeError(f"unexpected SEANet layer {type(layer).__name__}")
 
@@ -102,8 +109,16 @@ class ChannelsLastSeanet(nn.Module):
 
     def _conv(self, layer: StreamingConv1d) -> _Op:
         inner = layer.inner
-        return ("conv", self._keep(inner.weight.detach().unsqueeze(2)), self._keep(inner.bias), inner.stride[0],
-                inner.dilation[0], inner.groups, layer.context, layer.pad_mode)
+        return (
+            "conv",
+            self._keep(inner.weight.detach().unsqueeze(2)),
+            self._keep(inner.bias),
+            inner.stride[0],
+            inner.dilation[0],
+            inner.groups,
+            layer.context,
+            layer.pad_mode,
+        )
 
     @staticmethod
     def _apply_conv(op: _Op, x: Tensor) -> Tensor:
@@ -136,8 +151,14 @@ class FastMimi(nn.Module):
     """Whole-input encode/decode of `model` in `dtype`, quantizer in strict fp32. `compile`: `torch.compile` the
     SEANet + transformer stacks (first call per input shape compiles, which takes tens of seconds)."""
 
-    def __init__(self, model: MimiModel, dtype: torch.dtype = torch.bfloat16, *, channels_last: bool = True,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: MimiModel,
+        dtype: torch.dtype = torch.bfloat16,
+        *,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         self.dtype = dtype
         self.config = model.config

@@ -30,7 +30,7 @@ def _split(state: State | None, sizes: list[int]) -> list[State | None]:
     parts: list[State | None] = []
     position = 0
     for size in sizes:
-        parts.append(state[position:position + size])
+        parts.append(state[position : position + size])
         position += size
     if position != len(state):
         raise ValueError(f"state has {len(state)} tensors, expected {position}")
@@ -49,10 +49,12 @@ class MimiModel(nn.Module):
         self.downsample = ConvDownsample1d(config.downsample_stride, config.dimension)
         self.upsample = ConvTrUpsample1d(config.downsample_stride, config.dimension)
         cpu = torch.device("cpu")
-        self._encoder_sizes = [len(m.init_state(1, cpu, torch.float32))
-                               for m in (self.encoder, self.encoder_transformer, self.downsample)]
-        self._decoder_sizes = [len(m.init_state(1, cpu, torch.float32))
-                               for m in (self.upsample, self.decoder_transformer, self.decoder)]
+        self._encoder_sizes = [
+            len(m.init_state(1, cpu, torch.float32)) for m in (self.encoder, self.encoder_transformer, self.downsample)
+        ]
+        self._decoder_sizes = [
+            len(m.init_state(1, cpu, torch.float32)) for m in (self.upsample, self.decoder_transformer, self.decoder)
+        ]
 
     # -- states ---------------------------------------------------------------------------------------------
     def _param(self) -> Tensor:
@@ -60,13 +62,19 @@ class MimiModel(nn.Module):
 
     def init_encoder_state(self, batch_size: int) -> State:
         p = self._param()
-        return tuple(t for m in (self.encoder, self.encoder_transformer, self.downsample)
-                     for t in m.init_state(batch_size, p.device, p.dtype))
+        return tuple(
+            t
+            for m in (self.encoder, self.encoder_transformer, self.downsample)
+            for t in m.init_state(batch_size, p.device, p.dtype)
+        )
 
     def init_decoder_state(self, batch_size: int) -> State:
         p = self._param()
-        return tuple(t for m in (self.upsample, self.decoder_transformer, self.decoder)
-                     for t in m.init_state(batch_size, p.device, p.dtype))
+        return tuple(
+            t
+            for m in (self.upsample, self.decoder_transformer, self.decoder)
+            for t in m.init_state(batch_size, p.device, p.dtype)
+        )
 
     # -- encode ---------------------------------------------------------------------------------------------
     def encode_latent(self, pcm: Tensor, state: State | None = None, mode: str = "window") -> tuple[Tensor, State]:
@@ -103,8 +111,9 @@ class MimiModel(nn.Module):
         x, s_dec = self.decoder(x, s_dec)
         return x, (*s_up, *s_tr, *s_dec)
 
-    def decode(self, codes: Tensor, levels: list[int] | None = None, state: State | None = None,
-               mode: str = "window") -> tuple[Tensor, State]:
+    def decode(
+        self, codes: Tensor, levels: list[int] | None = None, state: State | None = None, mode: str = "window"
+    ) -> tuple[Tensor, State]:
         return self.decode_latent(self.latent_from_codes(codes, levels), state, mode)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:

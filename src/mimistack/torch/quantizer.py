@@ -81,7 +81,8 @@ class ResidualVectorQuantizer(nn.Module):
         if self._augmented is None:
             self._augmented = [
                 torch.cat([e, torch.ones_like(e[:, :1]), e.pow(2).sum(-1, keepdim=True)], -1)[None].contiguous()
-                for e in self.embeddings()]
+                for e in self.embeddings()
+            ]
         return self._augmented
 
     def refresh(self) -> None:
@@ -109,8 +110,9 @@ class ResidualVectorQuantizer(nn.Module):
         embeddings = self.embeddings()
         if not levels:
             batch, _, steps = codes.shape
-            return torch.zeros(batch, self.output_proj.out_channels, steps, device=codes.device,
-                               dtype=embeddings[0].dtype)
+            return torch.zeros(
+                batch, self.output_proj.out_channels, steps, device=codes.device, dtype=embeddings[0].dtype
+            )
         quantized: Tensor | None = None
         for level in levels:
             term = F.embedding(codes[:, level], embeddings[level]).transpose(1, 2)

@@ -22,12 +22,14 @@ class ResnetBlock(nn.Module):
     def __init__(self, dim: int, kernel_size: int, compress: int) -> None:
         super().__init__()
         hidden = dim // compress
-        self.block = nn.ModuleList([
-            nn.ELU(),
-            StreamingConv1d(dim, hidden, kernel_size),
-            nn.ELU(),
-            StreamingConv1d(hidden, dim, 1),
-        ])
+        self.block = nn.ModuleList(
+            [
+                nn.ELU(),
+                StreamingConv1d(dim, hidden, kernel_size),
+                nn.ELU(),
+                StreamingConv1d(hidden, dim, 1),
+            ]
+        )
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         state: State = cast(Any, self.block[1]).init_state(batch_size, device, dtype)
@@ -51,7 +53,7 @@ def _run(layers: nn.ModuleList, x: Tensor, state: State | None) -> tuple[Tensor,
         if size == 0:
             x, _ = layer(x)
             continue
-        sub = None if state is None else state[position:position + size]
+        sub = None if state is None else state[position : position + size]
         x, out = layer(x, sub)
         new_state.extend(out)
         position += size
@@ -70,8 +72,12 @@ class _Stack(nn.Module):
     model: nn.ModuleList
 
     def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
-        return tuple(t for layer in self.model if not isinstance(layer, nn.ELU)
-                     for t in layer.init_state(batch_size, device, dtype))  # type: ignore[operator]
+        return tuple(
+            t
+            for layer in self.model
+            if not isinstance(layer, nn.ELU)
+            for t in cast(Any, layer).init_state(batch_size, device, dtype)
+        )
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         return _run(self.model, x, state)
@@ -97,7 +103,6 @@ class SEANetEncoder(_Stack):
         _annotate_state_sizes(self.model)
 
 
-
 class SEANetDecoder(_Stack):
     """latent `[B, dimension, N]` at 25 Hz -> pcm `[B, 1, N * hop]` (no final activation)."""
 
@@ -116,4 +121,3 @@ class SEANetDecoder(_Stack):
         layers += [nn.ELU(), StreamingConv1d(nf, 1, config.last_kernel_size)]
         self.model = nn.ModuleList(layers)
         _annotate_state_sizes(self.model)
-

@@ -113,7 +113,7 @@ class SelfAttention(nn.Module):
     def _keep_last(self, keys: Tensor, values: Tensor) -> State:
         length = keys.shape[2]
         if length >= self.context:
-            return keys[:, :, -self.context:], values[:, :, -self.context:]
+            return keys[:, :, -self.context :], values[:, :, -self.context :]
         pad = (0, 0, self.context - length, 0)
         return F.pad(keys, pad), F.pad(values, pad)
 

@@ -42,5 +42,14 @@ from .trace import require_export_dependencies
 from .transformers_js import transformers_config
 from .writer import export_onnx
 
-__all__ = ["DEFAULT_OPSET", "STREAM_MODES", "ExportDependencyError", "ExportError", "ExportResult", "_session",
-           "export_onnx", "require_export_dependencies", "transformers_config"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "STREAM_MODES",
+    "ExportDependencyError",
+    "ExportError",
+    "ExportResult",
+    "_session",
+    "export_onnx",
+    "require_export_dependencies",
+    "transformers_config",
+]

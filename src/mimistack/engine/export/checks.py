@@ -39,28 +39,39 @@ def _check_signal(config: MimiConfig, frames: int, batch: int = 1, seed: int = 0
     from ...testing import synthetic_signal
 
     length = frames * config.frame_size
-    rows = [synthetic_signal(length / config.sample_rate + 0.1, config.sample_rate, seed + row)[:length]
-            for row in range(batch)]
+    rows = [
+        synthetic_signal(length / config.sample_rate + 0.1, config.sample_rate, seed + row)[:length]
+        for row in range(batch)
+    ]
     return np.stack(rows)[:, None, :].astype(np.float32)
 
 
-def _run_stream(session: Any, main: str, output: str, value: np.ndarray, specs: Sequence[StateSpec],
-                chunks: Sequence[int], frame_size: int) -> np.ndarray:
+def _run_stream(
+    session: Any,
+    main: str,
+    output: str,
+    value: np.ndarray,
+    specs: Sequence[StateSpec],
+    chunks: Sequence[int],
+    frame_size: int,
+) -> np.ndarray:
     state = [spec.zeros(value.shape[0]) for spec in specs]
     scale = frame_size if main == "pcm" else 1
     parts, start = [], 0
     for count in chunks:
-        piece = value[..., start * scale:(start + count) * scale]
-        outputs = session.run([output, *(s.output for s in specs)],
-                              {main: piece, **{s.input: a for s, a in zip(specs, state)}})
+        piece = value[..., start * scale : (start + count) * scale]
+        outputs = session.run(
+            [output, *(s.output for s in specs)], {main: piece, **{s.input: a for s, a in zip(specs, state)}}
+        )
         parts.append(outputs[0])
         state = outputs[1:]
         start += count
     return np.concatenate(parts, axis=-1)
 
 
-def _check_graphs(model: Any, folder: Path, streams: dict[str, dict[str, Any]], tables: CodebookTables,
-                  transformers_js: bool) -> dict[str, Any]:
+def _check_graphs(
+    model: Any, folder: Path, streams: dict[str, dict[str, Any]], tables: CodebookTables, transformers_js: bool
+) -> dict[str, Any]:
     """Run every fp32 graph at several frame counts against the torch model; raise ExportError on a mismatch."""
     import torch
 
@@ -100,8 +111,9 @@ def _check_graphs(model: Any, folder: Path, streams: dict[str, dict[str, Any]], 
         codes_all = np.asarray(codes_ref)
         mask = (np.arange(config.num_levels) % 3 != 1).astype(np.float32)
         embedded = _session(folder / "embed.onnx").run(["latent"], {"codes": codes_all, "level_mask": mask})[0]
-        embed_error = _relative_l2(embedded, latent_from_codes(tables, codes_all, Levels.parse(np.flatnonzero(mask),
-                                                                                               config.num_levels)))
+        embed_error = _relative_l2(
+            embedded, latent_from_codes(tables, codes_all, Levels.parse(np.flatnonzero(mask), config.num_levels))
+        )
         results[f"embed_{frames}_frames"] = {"latent_relative_l2": embed_error}
         if embed_error > 1e-5:
             raise ExportError(f"embed.onnx differs from latent_from_codes (relative L2 {embed_error:.2e})")
@@ -110,20 +122,25 @@ def _check_graphs(model: Any, folder: Path, streams: dict[str, dict[str, Any]], 
             tjs_codes = _session(tjs / "encoder_model.onnx").run(["audio_codes"], {"input_values": pcm})[0]
             prefix = max(1, config.num_levels // 4)
             tjs_audio = _session(tjs / "decoder_model.onnx").run(
-                ["audio_values"], {"audio_codes": codes_ref[:, :prefix]})[0]
+                ["audio_values"], {"audio_codes": codes_ref[:, :prefix]}
+            )[0]
             with torch.no_grad():
-                prefix_ref = model.decode_latent(torch.from_numpy(latent_from_codes(
-                    tables, codes_ref, Levels.prefix(prefix, config.num_levels))))[0].numpy()
+                prefix_ref = model.decode_latent(
+                    torch.from_numpy(latent_from_codes(tables, codes_ref, Levels.prefix(prefix, config.num_levels)))
+                )[0].numpy()
             results[f"transformers_js_{frames}_frames"] = {
                 "codes_agreement": float((tjs_codes == codes_ref).mean()),
-                "audio_relative_l2": _relative_l2(tjs_audio, prefix_ref)}
+                "audio_relative_l2": _relative_l2(tjs_audio, prefix_ref),
+            }
             worst_agreement = min(worst_agreement, results[f"transformers_js_{frames}_frames"]["codes_agreement"])
             worst_audio = max(worst_audio, results[f"transformers_js_{frames}_frames"]["audio_relative_l2"])
     results["worst_codes_agreement"] = worst_agreement
     results["worst_audio_relative_l2"] = worst_audio
     if worst_agreement < 0.99 or worst_audio > 1e-4:
-        raise ExportError(f"the exported graphs do not reproduce the torch model (codes agreement "
-                          f"{worst_agreement:.4f}, audio relative L2 {worst_audio:.2e})")
+        raise ExportError(
+            f"the exported graphs do not reproduce the torch model (codes agreement "
+            f"{worst_agreement:.4f}, audio relative L2 {worst_audio:.2e})"
+        )
     return results
 
 
@@ -137,9 +154,12 @@ def _variant_errors(folder: Path, variant: str, config: MimiConfig, tables: Code
     audio32 = _session(folder / "decoder.onnx").run(["pcm"], {"latent": latent})[0]
     audio = _session(folder / graph_file("decoder", variant)).run(["pcm"], {"latent": latent})[0]
     end_to_end = _session(folder / graph_file("decoder", variant)).run(
-        ["pcm"], {"latent": latent_from_codes(tables, codes)})[0]
-    return {"codes_agreement": float((codes == codes32).mean()),
-            "level0_agreement": float((codes[:, 0] == codes32[:, 0]).mean()),
-            "decoder_audio_relative_l2": _relative_l2(audio, audio32),
-            "end_to_end_audio_relative_l2": _relative_l2(end_to_end, audio32),
-            "signal_seconds": VARIANT_SIGNAL_SECONDS}
+        ["pcm"], {"latent": latent_from_codes(tables, codes)}
+    )[0]
+    return {
+        "codes_agreement": float((codes == codes32).mean()),
+        "level0_agreement": float((codes[:, 0] == codes32[:, 0]).mean()),
+        "decoder_audio_relative_l2": _relative_l2(audio, audio32),
+        "end_to_end_audio_relative_l2": _relative_l2(end_to_end, audio32),
+        "signal_seconds": VARIANT_SIGNAL_SECONDS,
+    }

@@ -12,8 +12,9 @@ import numpy as np
 from ...levels import CodebookTables
 
 
-def _embed_nodes(onnx: Any, tables: CodebookTables, codes: str, mask: str, latent: str,
-                 prefix: str = "embed") -> tuple[list[Any], list[Any]]:
+def _embed_nodes(
+    onnx: Any, tables: CodebookTables, codes: str, mask: str, latent: str, prefix: str = "embed"
+) -> tuple[list[Any], list[Any]]:
     """Nodes and initializers: codes int64 `[B, K, N]` + level mask float `[K]` -> latent `[B, D, N]`.
 
     Each level's centroid is gathered (codes clipped to the codebook, so rows of dropped levels may hold
@@ -30,17 +31,20 @@ def _embed_nodes(onnx: Any, tables: CodebookTables, codes: str, mask: str, laten
 
     initializers = [
         numpy_helper.from_array(np.ascontiguousarray(table, dtype=np.float32), name("table")),
-        numpy_helper.from_array((np.arange(num_levels, dtype=np.int64) * size).reshape(1, num_levels, 1),
-                                name("offsets")),
+        numpy_helper.from_array(
+            (np.arange(num_levels, dtype=np.int64) * size).reshape(1, num_levels, 1), name("offsets")
+        ),
         numpy_helper.from_array(np.array([1, num_levels, 1, 1], dtype=np.int64), name("mask_shape")),
         numpy_helper.from_array(np.array([num_semantic, num_levels - num_semantic], dtype=np.int64), name("split")),
         numpy_helper.from_array(np.array([1], dtype=np.int64), name("level_axis")),
         numpy_helper.from_array(np.array(0, dtype=np.int64), name("lowest")),
         numpy_helper.from_array(np.array(size - 1, dtype=np.int64), name("highest")),
-        numpy_helper.from_array(np.ascontiguousarray(tables.semantic_output_proj.T, dtype=np.float32),
-                                name("semantic_proj")),
-        numpy_helper.from_array(np.ascontiguousarray(tables.acoustic_output_proj.T, dtype=np.float32),
-                                name("acoustic_proj")),
+        numpy_helper.from_array(
+            np.ascontiguousarray(tables.semantic_output_proj.T, dtype=np.float32), name("semantic_proj")
+        ),
+        numpy_helper.from_array(
+            np.ascontiguousarray(tables.acoustic_output_proj.T, dtype=np.float32), name("acoustic_proj")
+        ),
     ]
     nodes = [
         helper.make_node("Max", [codes, name("lowest")], [name("floor")]),
@@ -49,12 +53,11 @@ def _embed_nodes(onnx: Any, tables: CodebookTables, codes: str, mask: str, laten
         helper.make_node("Gather", [name("table"), name("rows")], [name("centroids")], axis=0),  # [B, K, N, d]
         helper.make_node("Reshape", [mask, name("mask_shape")], [name("mask4")]),
         helper.make_node("Mul", [name("centroids"), name("mask4")], [name("terms")]),
-        helper.make_node("Split", [name("terms"), name("split")], [name("semantic_terms"), name("acoustic_terms")],
-                         axis=1),
-        helper.make_node("ReduceSum", [name("semantic_terms"), name("level_axis")], [name("semantic_sum")],
-                         keepdims=0),
-        helper.make_node("ReduceSum", [name("acoustic_terms"), name("level_axis")], [name("acoustic_sum")],
-                         keepdims=0),
+        helper.make_node(
+            "Split", [name("terms"), name("split")], [name("semantic_terms"), name("acoustic_terms")], axis=1
+        ),
+        helper.make_node("ReduceSum", [name("semantic_terms"), name("level_axis")], [name("semantic_sum")], keepdims=0),
+        helper.make_node("ReduceSum", [name("acoustic_terms"), name("level_axis")], [name("acoustic_sum")], keepdims=0),
         helper.make_node("MatMul", [name("semantic_sum"), name("semantic_proj")], [name("semantic_latent")]),
         helper.make_node("MatMul", [name("acoustic_sum"), name("acoustic_proj")], [name("acoustic_latent")]),
         helper.make_node("Add", [name("semantic_latent"), name("acoustic_latent")], [name("latent_t")]),
@@ -69,9 +72,13 @@ def _embed_model(onnx: Any, tables: CodebookTables, opset: int, ir_version: int)
     helper = onnx.helper
     nodes, initializers = _embed_nodes(onnx, tables, "codes", "level_mask", "latent")
     graph = helper.make_graph(
-        nodes, "mimistack_embed",
-        [helper.make_tensor_value_info("codes", onnx.TensorProto.INT64, ["batch", tables.num_levels, "frames"]),
-         helper.make_tensor_value_info("level_mask", onnx.TensorProto.FLOAT, [tables.num_levels])],
+        nodes,
+        "mimistack_embed",
+        [
+            helper.make_tensor_value_info("codes", onnx.TensorProto.INT64, ["batch", tables.num_levels, "frames"]),
+            helper.make_tensor_value_info("level_mask", onnx.TensorProto.FLOAT, [tables.num_levels]),
+        ],
         [helper.make_tensor_value_info("latent", onnx.TensorProto.FLOAT, ["batch", tables.dimension, "frames"])],
-        initializers)
+        initializers,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)

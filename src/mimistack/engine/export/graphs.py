@@ -67,13 +67,26 @@ def _bind_initial_state(onnx: Any, stream: Any, main_input: str, specs: Sequence
     for spec in specs:
         dtype = _onnx_dtype(onnx, spec.dtype)
         if spec.shape and spec.shape[0] == "batch":
-            rest = helper.make_tensor(f"bind/{spec.input}/rest", onnx.TensorProto.INT64, [len(spec.shape) - 1],
-                                      [int(d) for d in spec.shape[1:]])
+            rest = helper.make_tensor(
+                f"bind/{spec.input}/rest",
+                onnx.TensorProto.INT64,
+                [len(spec.shape) - 1],
+                [int(d) for d in spec.shape[1:]],
+            )
             nodes.append(helper.make_node("Constant", [], [f"bind/{spec.input}/rest"], value=rest))
-            nodes.append(helper.make_node("Concat", ["bind/batch", f"bind/{spec.input}/rest"],
-                                          [f"bind/{spec.input}/shape"], axis=0))
-            nodes.append(helper.make_node("ConstantOfShape", [f"bind/{spec.input}/shape"], [spec.input],
-                                          value=helper.make_tensor("zero", dtype, [1], [0])))
+            nodes.append(
+                helper.make_node(
+                    "Concat", ["bind/batch", f"bind/{spec.input}/rest"], [f"bind/{spec.input}/shape"], axis=0
+                )
+            )
+            nodes.append(
+                helper.make_node(
+                    "ConstantOfShape",
+                    [f"bind/{spec.input}/shape"],
+                    [spec.input],
+                    value=helper.make_tensor("zero", dtype, [1], [0]),
+                )
+            )
         else:
             shape = [int(d) for d in spec.shape]
             zeros = helper.make_tensor(f"bind/{spec.input}", dtype, shape, np.zeros(shape, spec.dtype).ravel().tolist())

@@ -29,8 +29,9 @@ def require_export_dependencies() -> tuple[Any, Any]:
         import onnx
         import torch
     except ImportError as error:
-        raise ExportDependencyError(f"exporting ONNX graphs needs torch and onnx ({error}): pip install "
-                                    "'mimistack[export]'") from error
+        raise ExportDependencyError(
+            f"exporting ONNX graphs needs torch and onnx ({error}): pip install 'mimistack[export]'"
+        ) from error
     return torch, onnx
 
 
@@ -85,8 +86,17 @@ def _build_model(weights: LoadedWeights) -> Any:
 def _quiet_exporter() -> Iterator[None]:
     """The exporter's own warnings (deprecations inside torch, 'torchvision is not installed') are not the user's
     concern and would fail a warnings-as-errors test run; they are logged at debug level instead."""
-    noisy = [logging.getLogger(name) for name in ("torch.onnx", "torch.onnx._internal.exporter._registration",
-                                                  "torch.export", "torch._export", "onnxscript", "onnx_ir")]
+    noisy = [
+        logging.getLogger(name)
+        for name in (
+            "torch.onnx",
+            "torch.onnx._internal.exporter._registration",
+            "torch.export",
+            "torch._export",
+            "onnxscript",
+            "onnx_ir",
+        )
+    ]
     levels = [log.level for log in noisy]
     for log in noisy:
         log.setLevel(logging.ERROR)
@@ -140,9 +150,17 @@ def _export_stream(model: Any, direction: str, mode: str, opset: int) -> tuple[A
         specs.append(StateSpec(f"state_in_{i}", f"state_out_{i}", shape, str(tensor.dtype).removeprefix("torch.")))
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (main, *example_state), dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
-            input_names=[main_name, *(s.input for s in specs)], output_names=[out_name, *(s.output for s in specs)],
-            optimize=True, verbose=False, external_data=False)
+            wrapper,
+            (main, *example_state),
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            input_names=[main_name, *(s.input for s in specs)],
+            output_names=[out_name, *(s.output for s in specs)],
+            optimize=True,
+            verbose=False,
+            external_data=False,
+        )
     if program is None:
         raise ExportError(f"torch.onnx.export returned no program for the {direction} stream graph")
     return program.model_proto, specs
@@ -202,8 +220,9 @@ def _with_quantizer(onnx: Any, traced: Any, model: Any) -> Any:
     graph.initializer.extend(initializers)
     latent_output = next(o for o in graph.output if o.name == "latent")
     dims = latent_output.type.tensor_type.shape.dim
-    codes_output = helper.make_tensor_value_info("codes", onnx.TensorProto.INT64,
-                                                 [dims[0].dim_param or "batch", level, dims[2].dim_param or "frames"])
+    codes_output = helper.make_tensor_value_info(
+        "codes", onnx.TensorProto.INT64, [dims[0].dim_param or "batch", level, dims[2].dim_param or "frames"]
+    )
     outputs = [codes_output if o.name == "latent" else o for o in graph.output]
     del graph.output[:]
     graph.output.extend(outputs)

@@ -25,12 +25,14 @@ def _transformers_js_encoder(onnx: Any, encoder: Any, frame_size: int) -> Any:
     model.CopyFrom(encoder)
     graph = model.graph
     _rename(graph, "codes", "audio_codes")
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([2], dtype=np.int64), "tjs/time_axis"),
-        numpy_helper.from_array(np.array([frame_size], dtype=np.int64), "tjs/frame_size"),
-        numpy_helper.from_array(np.zeros(5, dtype=np.int64), "tjs/pad_head"),
-        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "tjs/zero"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "tjs/time_axis"),
+            numpy_helper.from_array(np.array([frame_size], dtype=np.int64), "tjs/frame_size"),
+            numpy_helper.from_array(np.zeros(5, dtype=np.int64), "tjs/pad_head"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "tjs/zero"),
+        ]
+    )
     front = [
         helper.make_node("Shape", ["input_values"], ["tjs/length"], start=2, end=3),
         helper.make_node("Mod", ["tjs/length", "tjs/frame_size"], ["tjs/remainder"]),
@@ -46,8 +48,9 @@ def _transformers_js_encoder(onnx: Any, encoder: Any, frame_size: int) -> Any:
     graph.node.extend(front + body)
     graph.input[0].name = "input_values"
     _set_dims(graph.input[0], ["batch_size", 1, "sequence_length"])
-    _set_dims(graph.output[0], ["batch_size", encoder.graph.output[0].type.tensor_type.shape.dim[1].dim_value,
-                                "frames"])
+    _set_dims(
+        graph.output[0], ["batch_size", encoder.graph.output[0].type.tensor_type.shape.dim[1].dim_value, "frames"]
+    )
     return model
 
 
@@ -61,15 +64,17 @@ def _transformers_js_decoder(onnx: Any, decoder: Any, tables: CodebookTables) ->
     graph = model.graph
     _rename(graph, "pcm", "audio_values")
     embed_nodes, embed_initializers = _embed_nodes(onnx, tables, "tjs/codes", "tjs/mask", "latent", prefix="tjs")
-    graph.initializer.extend([
-        *embed_initializers,
-        numpy_helper.from_array(np.array([num_levels], dtype=np.int64), "tjs/num_levels"),
-        numpy_helper.from_array(np.zeros(4, dtype=np.int64), "tjs/pad_head"),
-        numpy_helper.from_array(np.zeros(1, dtype=np.int64), "tjs/pad_last"),
-        numpy_helper.from_array(np.array(0, dtype=np.int64), "tjs/zero"),
-        numpy_helper.from_array(np.array(1, dtype=np.int64), "tjs/one"),
-        numpy_helper.from_array(np.array(num_levels, dtype=np.int64), "tjs/level_count"),
-    ])
+    graph.initializer.extend(
+        [
+            *embed_initializers,
+            numpy_helper.from_array(np.array([num_levels], dtype=np.int64), "tjs/num_levels"),
+            numpy_helper.from_array(np.zeros(4, dtype=np.int64), "tjs/pad_head"),
+            numpy_helper.from_array(np.zeros(1, dtype=np.int64), "tjs/pad_last"),
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "tjs/zero"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "tjs/one"),
+            numpy_helper.from_array(np.array(num_levels, dtype=np.int64), "tjs/level_count"),
+        ]
+    )
     front = [
         helper.make_node("Shape", ["audio_codes"], ["tjs/given"], start=1, end=2),  # [1]: K'
         helper.make_node("Sub", ["tjs/num_levels", "tjs/given"], ["tjs/missing"]),
@@ -137,11 +142,20 @@ def transformers_config(config: MimiConfig, weights_sha256: str) -> dict[str, An
         "attention_bias": False,
         "torch_dtype": "float32",
         "transformers.js_config": {"dtype": "fp32"},
-        "mimistack": {"weights_sha256": weights_sha256, "mimistack_version": __version__,
-                      "note": "decoder_model accepts audio_codes with 1 to num_quantizers levels (a prefix)"},
+        "mimistack": {
+            "weights_sha256": weights_sha256,
+            "mimistack_version": __version__,
+            "note": "decoder_model accepts audio_codes with 1 to num_quantizers levels (a prefix)",
+        },
     }
 
 
-PREPROCESSOR_CONFIG = {"feature_extractor_type": "EncodecFeatureExtractor", "feature_size": 1,
-                       "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
-                       "chunk_length_s": None, "overlap": None}
+PREPROCESSOR_CONFIG = {
+    "feature_extractor_type": "EncodecFeatureExtractor",
+    "feature_size": 1,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "return_attention_mask": True,
+    "chunk_length_s": None,
+    "overlap": None,
+}

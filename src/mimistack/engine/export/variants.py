@@ -47,8 +47,9 @@ def _int8(onnx: Any, model: Any, work_dir: Path) -> Any:
             warnings.simplefilter("ignore")
             logging.getLogger("root").disabled = True
             try:
-                quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                                 per_channel=False)
+                quantize_dynamic(
+                    source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=False
+                )
             finally:
                 logging.getLogger("root").disabled = False
         return onnx.load_model(str(target))

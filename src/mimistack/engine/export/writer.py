@@ -76,8 +76,10 @@ def _check_target(target: Path, force: bool) -> None:
     if not force:
         raise FileExistsError(f"{target} exists and is not empty; pass force=True (--force) to replace it")
     if not (target / MANIFEST_NAME).is_file():
-        raise FileExistsError(f"{target} is not a mimistack ONNX export (no {MANIFEST_NAME}); refusing to replace "
-                              "it even with --force: choose another folder")
+        raise FileExistsError(
+            f"{target} is not a mimistack ONNX export (no {MANIFEST_NAME}); refusing to replace "
+            "it even with --force: choose another folder"
+        )
 
 
 def _publish(staging: Path, target: Path, force: bool) -> None:
@@ -88,10 +90,18 @@ def _publish(staging: Path, target: Path, force: bool) -> None:
     publish_dir(staging, target)
 
 
-def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
-                opset: int = DEFAULT_OPSET, variants: Sequence[str] = ("fp32",), force: bool = False,
-                stream_modes: Sequence[str] = ("window",), transformers_js: bool = True, check: bool = True,
-                revision: str | None = None) -> ExportResult:
+def export_onnx(
+    weights: LoadedWeights | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    variants: Sequence[str] = ("fp32",),
+    force: bool = False,
+    stream_modes: Sequence[str] = ("window",),
+    transformers_js: bool = True,
+    check: bool = True,
+    revision: str | None = None,
+) -> ExportResult:
     """Export every graph of the module docstring into `out_dir` (created; an existing non-empty folder only with
     `force`, and only if it is an earlier export).
 
@@ -110,8 +120,10 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
     if any(m not in STREAM_MODES for m in modes):
         raise ExportError(f"unknown stream mode(s) in {list(stream_modes)}; expected 'window' and/or 'moshi'")
     if opset < 18:
-        raise ExportError(f"opset {opset} is too old: the graphs use opset-18 operators (Split with sizes, "
-                          "ReduceSum with axes as input); use 18 or newer")
+        raise ExportError(
+            f"opset {opset} is too old: the graphs use opset-18 operators (Split with sizes, "
+            "ReduceSum with axes as input); use 18 or newer"
+        )
     target = Path(out_dir)
     _check_target(target, force)
     if not target.parent.exists():
@@ -123,8 +135,12 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
     config = loaded.config
     tables = codebook_tables(loaded.tensors, config)
     seconds["load_weights"] = time.perf_counter() - started
-    metadata = {"mimistack_config": config.to_json(), "weights_sha256": loaded.sha256, "opset": str(opset),
-                "mimistack_version": __version__}
+    metadata = {
+        "mimistack_config": config.to_json(),
+        "weights_sha256": loaded.sha256,
+        "opset": str(opset),
+        "mimistack_version": __version__,
+    }
     with staging_dir(target) as staging:
         traced: dict[str, Any] = {}  # name -> graph as traced (encoders end at the latent)
         streams: dict[str, dict[str, Any]] = {}
@@ -137,12 +153,16 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
                 traced[name], state_specs[name] = _export_stream(model, direction, mode, opset)
                 seconds[f"trace_{name}"] = time.perf_counter() - step_started
                 main, output = ("pcm", "codes") if direction == "encoder" else ("latent", "pcm")
-                streams[name] = {"direction": direction, "mode": mode, "input": main, "output": output,
-                                 "states": [s.to_dict() for s in state_specs[name]]}
+                streams[name] = {
+                    "direction": direction,
+                    "mode": mode,
+                    "input": main,
+                    "output": output,
+                    "states": [s.to_dict() for s in state_specs[name]],
+                }
         step_started = time.perf_counter()
         traced["encoder"] = _bind_initial_state(onnx, traced["encoder_stream"], "pcm", state_specs["encoder_stream"])
-        traced["decoder"] = _bind_initial_state(onnx, traced["decoder_stream"], "latent",
-                                                state_specs["decoder_stream"])
+        traced["decoder"] = _bind_initial_state(onnx, traced["decoder_stream"], "latent", state_specs["decoder_stream"])
 
         def write_variant(variant: str) -> list[str]:
             """Convert the traced graphs (fp16/int8), add the hand-written fp32 parts, save; returns the names."""
@@ -163,9 +183,12 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
                 tjs = f"{TRANSFORMERS_JS_DIR}/onnx"
                 files[f"{tjs}/encoder_model{suffix}.onnx"] = (
                     _transformers_js_encoder(onnx, graphs["encoder"], config.frame_size),
-                    "transformers_js/encoder_model")
+                    "transformers_js/encoder_model",
+                )
                 files[f"{tjs}/decoder_model{suffix}.onnx"] = (
-                    _transformers_js_decoder(onnx, graphs["decoder"], tables), "transformers_js/decoder_model")
+                    _transformers_js_decoder(onnx, graphs["decoder"], tables),
+                    "transformers_js/decoder_model",
+                )
             extra = {} if variant == "fp32" else {"variant": variant}
             for relative, (graph, role) in files.items():
                 _save(onnx, graph, staging / relative, {**metadata, **extra}, role)
@@ -174,13 +197,18 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
         fp32_graphs = write_variant("fp32")
         from safetensors.numpy import save_file
 
-        save_file({name: np.ascontiguousarray(getattr(tables, name)) for name in CODEBOOK_FIELDS},
-                  str(staging / CODEBOOKS_NAME), metadata={"weights_sha256": loaded.sha256})
+        save_file(
+            {name: np.ascontiguousarray(getattr(tables, name)) for name in CODEBOOK_FIELDS},
+            str(staging / CODEBOOKS_NAME),
+            metadata={"weights_sha256": loaded.sha256},
+        )
         if transformers_js:
             (staging / TRANSFORMERS_JS_DIR / "config.json").write_text(
-                json.dumps(transformers_config(config, loaded.sha256), indent=2) + "\n")
+                json.dumps(transformers_config(config, loaded.sha256), indent=2) + "\n"
+            )
             (staging / TRANSFORMERS_JS_DIR / "preprocessor_config.json").write_text(
-                json.dumps({**PREPROCESSOR_CONFIG, "sampling_rate": config.sample_rate}, indent=2) + "\n")
+                json.dumps({**PREPROCESSOR_CONFIG, "sampling_rate": config.sample_rate}, indent=2) + "\n"
+            )
         seconds["write_graphs"] = time.perf_counter() - step_started
 
         checks: dict[str, Any] = {}
@@ -192,8 +220,10 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
         variant_report: dict[str, Any] = {"fp32": {"graphs": fp32_graphs}}
         for variant in wanted[1:]:
             step_started = time.perf_counter()
-            variant_report[variant] = {"graphs": write_variant(variant),
-                                       "errors_vs_fp32": _variant_errors(staging, variant, config, tables)}
+            variant_report[variant] = {
+                "graphs": write_variant(variant),
+                "errors_vs_fp32": _variant_errors(staging, variant, config, tables),
+            }
             seconds[f"variant_{variant}"] = time.perf_counter() - step_started
             logger.info("variant %s: %s", variant, variant_report[variant]["errors_vs_fp32"])
 
@@ -214,13 +244,21 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
             "codebook_size": config.codebook_size,
             "dimension": config.dimension,
             "graphs": {
-                "encoder": {"file": "encoder.onnx", "inputs": {"pcm": ["batch", 1, f"{config.frame_size}*frames"]},
-                            "outputs": {"codes": ["batch", config.num_levels, "frames"]}},
-                "decoder": {"file": "decoder.onnx", "inputs": {"latent": ["batch", config.dimension, "frames"]},
-                            "outputs": {"pcm": ["batch", 1, f"{config.frame_size}*frames"]}},
-                "embed": {"file": "embed.onnx", "inputs": {"codes": ["batch", config.num_levels, "frames"],
-                                                           "level_mask": [config.num_levels]},
-                          "outputs": {"latent": ["batch", config.dimension, "frames"]}},
+                "encoder": {
+                    "file": "encoder.onnx",
+                    "inputs": {"pcm": ["batch", 1, f"{config.frame_size}*frames"]},
+                    "outputs": {"codes": ["batch", config.num_levels, "frames"]},
+                },
+                "decoder": {
+                    "file": "decoder.onnx",
+                    "inputs": {"latent": ["batch", config.dimension, "frames"]},
+                    "outputs": {"pcm": ["batch", 1, f"{config.frame_size}*frames"]},
+                },
+                "embed": {
+                    "file": "embed.onnx",
+                    "inputs": {"codes": ["batch", config.num_levels, "frames"], "level_mask": [config.num_levels]},
+                    "outputs": {"latent": ["batch", config.dimension, "frames"]},
+                },
             },
             "streams": streams,
             "variants": variant_report,
@@ -232,5 +270,9 @@ def export_onnx(weights: LoadedWeights | str | os.PathLike[str], out_dir: str | 
         _publish(staging, target, force)
     seconds["total"] = time.perf_counter() - started
     logger.info("exported %s in %.1f s", target, seconds["total"])
-    return ExportResult(out_dir=target, manifest=manifest, files=tuple([*listed, MANIFEST_NAME]),
-                        seconds={k: v for k, v in seconds.items() if k != "total"})
+    return ExportResult(
+        out_dir=target,
+        manifest=manifest,
+        files=tuple([*listed, MANIFEST_NAME]),
+        seconds={k: v for k, v in seconds.items() if k != "total"},
+    )
