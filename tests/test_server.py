@@ -31,7 +31,8 @@ from mimistack.audio import load_audio
 from mimistack.cli import main
 from mimistack.container import grid_from_bytes, grid_to_bytes
 from mimistack.server import app as server_app
-from mimistack.server.app import ServerSettings, create_app, resolve_static, sniff_audio
+from mimistack.server.app import ServerSettings, create_app, sniff_audio
+from mimistack.server.security import resolve_static
 
 SECRET = "top secret: outside the static folder"
 

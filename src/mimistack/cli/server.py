@@ -57,7 +57,7 @@ def register(command: Command) -> None:
 
 def check_bind(host: str, allow_remote: bool) -> bool:
     """Refuse a non-loopback address unless allowed; True when the bind is remote (a warning is due)."""
-    from ..server.app import is_loopback_host
+    from ..server.security import is_loopback_host
 
     if is_loopback_host(host):
         return False

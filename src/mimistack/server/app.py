@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import ipaddress
 import json
 import logging
 import re
@@ -32,10 +31,8 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -47,6 +44,13 @@ from ..config import MimiConfig
 from ..engine.base import EngineError
 from ..engine.options import OnnxOptions, TorchOptions, torch_available
 from ..errors import MimistackError
+from .security import (
+    NOT_BUILT_PAGE,
+    SecurityMiddleware,
+    _cache_control,
+    _media_type,
+    resolve_static,
+)
 
 if TYPE_CHECKING:
     from ..codec import Codec
@@ -75,41 +79,6 @@ MODEL_FILES = (
 )
 """Files of an exported ONNX folder the page may fetch; nothing else in the folder is served."""
 
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'self'",
-        "script-src 'self' 'wasm-unsafe-eval'",
-        "worker-src 'self'",
-        "connect-src 'self'",
-        "img-src 'self' data: blob:",
-        "media-src 'self' blob:",
-        "style-src 'self'",
-        "font-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    )
-)
-MEDIA_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".wasm": "application/wasm",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-    ".txt": "text/plain; charset=utf-8",
-    ".wav": "audio/wav",
-    ".onnx": "application/octet-stream",
-    ".data": "application/octet-stream",
-    ".safetensors": "application/octet-stream",
-    ".woff2": "font/woff2",
-}
-_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
 # Leading bytes of the audio containers the server accepts: (offset, bytes) pairs that must all match.
 _AUDIO_SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
@@ -425,114 +394,6 @@ def decode_upload(service: ModelService, body: bytes, levels_text: str | None) -
     return buffer.getvalue(), str(levels), note
 
 
-# -- static files -----------------------------------------------------------------------------------------------
-def resolve_static(root: Path, relative: str) -> Path | None:
-    """The file `relative` names inside `root`, or None: no `..`, no hidden names, no escape through links."""
-    if not relative or "\\" in relative or "\x00" in relative or relative.startswith("/"):
-        return None
-    parts = relative.split("/")
-    if any(part in ("", ".", "..") or part.startswith(".") for part in parts):
-        return None
-    base = root.resolve()
-    candidate = (base / relative).resolve()
-    if not candidate.is_relative_to(base) or not candidate.is_file():
-        return None
-    return candidate
-
-
-def _media_type(path: Path) -> str:
-    return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
-
-
-def _cache_control(relative: str) -> str:
-    if relative.startswith("assets/"):
-        return "public, max-age=31536000, immutable"  # Vite names these by content hash
-    return "no-cache"
-
-
-NOT_BUILT_PAGE = """<!doctype html><meta charset="utf-8"><title>mimistack: page not built</title>
-<h1>The mimistack page has not been built</h1>
-<p>Build it once from the repository: <code>npm ci --prefix web &amp;&amp; npm run build --prefix web</code>,
-then restart <code>mimistack serve</code>. The API under <code>/api/</code> works without it.</p>
-"""
-
-
-# -- security ---------------------------------------------------------------------------------------------------
-def is_loopback_host(host: str) -> bool:
-    """True for names and addresses that stay on this machine (127.0.0.0/8, ::1, localhost)."""
-    name = host.strip().lower().strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(header: str) -> str:
-    """'127.0.0.1:8765' -> '127.0.0.1'; '[::1]:8765' -> '::1'."""
-    if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-class SecurityMiddleware:
-    """Pure ASGI middleware: refuses foreign Host headers and cross-origin POSTs, adds the security headers."""
-
-    def __init__(self, app: Any, settings: ServerSettings) -> None:
-        self.app = app
-        self.loopback_only = settings.loopback_only
-        headers = [
-            ("content-security-policy", CONTENT_SECURITY_POLICY),
-            ("x-content-type-options", "nosniff"),
-            ("referrer-policy", "no-referrer"),
-            ("x-frame-options", "DENY"),
-            ("permissions-policy", "microphone=(self), camera=(), geolocation=()"),
-            ("cross-origin-resource-policy", "same-origin"),
-        ]
-        if settings.cross_origin_isolation:
-            headers += [("cross-origin-opener-policy", "same-origin"), ("cross-origin-embedder-policy", "require-corp")]
-        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[Any], Awaitable[None]],
-    ) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        request_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        host = request_headers.get("host", "")
-        problem = None
-        if self.loopback_only and not is_loopback_host(_host_name(host)):
-            problem = f"refused: Host {host!r} is not this machine (the server only answers loopback names)"
-        origin = request_headers.get("origin")
-        if problem is None and origin and (scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD")):
-            if urlsplit(origin).netloc != host:
-                problem = f"refused: a request from origin {origin!r} to {host!r}"
-        if problem is not None:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await JSONResponse({"error": problem}, status_code=403)(scope, receive, self._wrap(send))
-            return
-        await self.app(scope, receive, self._wrap(send))
-
-    def _wrap(self, send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-        async def wrapped(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message = dict(message)
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [
-                    (k, v) for k, v in self.headers if k not in present
-                ]
-            await send(message)
-
-        return wrapped
-
-
 # -- the application --------------------------------------------------------------------------------------------
 def create_app(settings: ServerSettings) -> FastAPI:
     """The FastAPI app: `/` and static files, `/models/*`, `/api/info`, `/api/encode`, `/api/decode`."""
@@ -624,7 +485,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
             raise ApiError(404, f"no such endpoint /{path}")
         return _static_response(settings.static_dir, path)
 
-    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.add_middleware(
+        SecurityMiddleware, loopback_only=settings.loopback_only, cross_origin_isolation=settings.cross_origin_isolation
+    )
     return app
 
 
