@@ -1,7 +1,7 @@
 """The local web app's server (`mimistack serve`): the built page, the ONNX graphs it runs, and an encode/decode API.
 
-`app.py` holds the FastAPI application, `security.py` static files and the security middleware; `static/` receives the page built from `web/` (`npm run build --prefix web`,
-not committed). Needs the `[server]` extra (fastapi, uvicorn).
+`app.py` holds the FastAPI application, `security.py` static files and the security middleware; `static/` receives
+the page built from `web/` (`npm run build --prefix web`, not committed). Needs the `[server]` extra (fastapi, uvicorn).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The FastAPI application behind `mimistack serve`: the single-page app, the ONNX graphs it runs, a server-side API.
 
-Sits on `codec` (server-side encode/decode), `engine.export` (the ONNX graphs the page runs with onnxruntime-web),
-`container` (`.mimi` bytes), `audio` and `weights`; started by `cli_server`. The page's sources are in `web/` and
+Sits on `codec` (server-side encode/decode), `engine.onnx_cache` (the ONNX graphs the page runs with
+onnxruntime-web), `tokens`/`mimifile` (`.mimi` bytes), `audio`, `weights` and `server.security`; started by
+`cli.server`. The page's sources are in `web/` and
 its build lands in `static/` next to this file.
 
 Two ways to use the page:
