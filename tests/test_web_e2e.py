@@ -10,7 +10,9 @@ Python:
 * every decoded selection equals `Codec.decode` of the page's codes with the same levels within
   DECODE_TOLERANCE (max abs difference; observed about 2e-7), and selections differ from each other by far more;
 * the downloaded `.mimi` reads back in Python to the same tokens, byte-identical to Python's writer;
-* every request went to the server on 127.0.0.1, no CSP violation, no page error.
+* every request went to the server on 127.0.0.1, no CSP violation, no page error;
+* the plain page (no ?test in its URL) has no `window.mimistack` and loads no testing chunk: the test hooks and the
+  benchmark load only on ?test / ?bench pages, which the driver opens otherwise.
 
 Screenshots and the driver's log go to $MIMISTACK_ARTIFACTS/web-e2e/<scenario>/ (or the test's tmp_path).
 Needs: /usr/bin/chromium, node, `npm ci --prefix web && npm run build --prefix web`. Without them the tests skip,
@@ -97,8 +99,21 @@ def _serve(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, *ext
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as output:
-        process = subprocess.Popen([sys.executable, "-m", "mimistack.cli", "serve", "--weights", str(tiny_checkpoint),
-                                    "--port", str(port), *extra], stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mimistack.cli",
+                "serve",
+                "--weights",
+                str(tiny_checkpoint),
+                "--port",
+                str(port),
+                *extra,
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60
@@ -132,14 +147,30 @@ def _artifacts(tmp_path: Path, scenario: str) -> Path:
 
 def drive(server: str, out: Path, scenario: str, audio: Path, timeout: int = 240, *extra: str) -> dict[str, Any]:
     """Run the driver; return its result.json (failing with its log when the page did not get through)."""
-    command = ["node", str(DRIVER), "--url", server, "--out", str(out), "--scenario", scenario, "--file", str(audio),
-               "--chromium", str(CHROMIUM), "--timeout", str(timeout), *extra]
+    command = [
+        "node",
+        str(DRIVER),
+        "--url",
+        server,
+        "--out",
+        str(out),
+        "--scenario",
+        scenario,
+        "--file",
+        str(audio),
+        "--chromium",
+        str(CHROMIUM),
+        "--timeout",
+        str(timeout),
+        *extra,
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 120)
     result_path = out / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     assert completed.returncode == 0 and not result.get("failure"), (
         f"driver failed: {result.get('failure')}\n{completed.stdout}\n{completed.stderr}\n"
-        f"console: {result.get('console')}")
+        f"console: {result.get('console')}"
+    )
     return result
 
 
@@ -156,6 +187,16 @@ def check_clean(result: dict[str, Any], server: str) -> None:
     assert result["pageErrors"] == []
     assert not [m for m in result["console"] if m["type"] == "error"], result["console"]
     assert result["crossOriginIsolated"] is True
+
+
+def check_plain_page(result: dict[str, Any]) -> None:
+    """The page opened without ?test got ready without the test hooks; the ?test page then loaded them."""
+    plain = result["plainPage"]
+    assert "test" not in urlsplit(plain["url"]).query.split("&"), plain
+    assert plain["ready"] == "true", plain
+    assert plain["mimistack"] == "undefined", plain
+    assert plain["testingChunks"] == [], plain
+    assert any("/assets/hooks-" in r["url"] for r in result["requests"]), "the ?test page did not load the hooks chunk"
 
 
 def floats(path: Path) -> np.ndarray:
@@ -181,8 +222,9 @@ def check_decodes(out: Path, result: dict[str, Any], codes: np.ndarray, num_samp
             assert np.abs(decoded[first] - decoded[second]).max() > 4 * DECODE_TOLERANCE, (first, second)
 
 
-def test_page_encodes_toggles_and_decodes_like_python(server: str, speech: list[Path], tiny_codec: Any,
-                                                      tmp_path: Path) -> None:
+def test_page_encodes_toggles_and_decodes_like_python(
+    server: str, speech: list[Path], tiny_codec: Any, tmp_path: Path
+) -> None:
     audio = next(p for p in speech if p.name == SPEECH_FILE)
     out = _artifacts(tmp_path, "browser")
     # A frame-major file written by Python (as a live writer appends it), opened in the page at the end.
@@ -191,6 +233,7 @@ def test_page_encodes_toggles_and_decodes_like_python(server: str, speech: list[
     frame_major.write_bytes(grid_to_bytes(other, layout="frame-major"))
     result = drive(server, out, "roundtrip", audio, 240, "--open-mimi", str(frame_major))
     check_clean(result, server)
+    check_plain_page(result)
     assert result["engine"]["executionProvider"] == "wasm" and result["engine"]["streaming"] is True
     assert [s["selection"] for s in result["steps"]] == ["0-31", "0-7", "0-2,4-7", "0", "0-31", "0-7"]
     assert result["steps"][-1]["state"]["numFrames"] == result["steps"][0]["state"]["numFrames"]  # .mimi reopened
@@ -225,12 +268,15 @@ def test_page_encodes_toggles_and_decodes_like_python(server: str, speech: list[
     assert np.abs(page - tiny_codec.decode(other, "0-7")).max() <= DECODE_TOLERANCE
 
 
-def test_page_in_server_mode_decodes_like_python(server: str, speech: list[Path], tiny_codec: Any,
-                                                 tmp_path: Path) -> None:
+def test_page_in_server_mode_decodes_like_python(
+    server: str, speech: list[Path], tiny_codec: Any, tmp_path: Path
+) -> None:
     audio = next(p for p in speech if p.name == SPEECH_FILE)
     out = _artifacts(tmp_path, "server")
     result = drive(server, out, "server", audio)  # with ?browserLimit=2: the 6.7 s file goes to the server
     check_clean(result, server)
+    check_plain_page(result)
+    assert urlsplit(result["plainPage"]["url"]).query == "browserLimit=2"
     assert all(step["state"]["mode"] == "server" for step in result["steps"])
     assert "encoded and decoded by the server" in result["notice"]
     posts = [urlsplit(r["url"]).path for r in result["requests"] if r["method"] == "POST"]
@@ -267,11 +313,13 @@ def test_live_stream_from_the_microphone(server: str, speech: list[Path], tiny_c
     assert error <= DECODE_TOLERANCE
 
 
-
-def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(tiny_checkpoint: Path, tiny_onnx_dir: Path,
-                                                                 speech: list[Path],
-                                                                 tmp_path_factory: pytest.TempPathFactory,
-                                                                 tmp_path: Path) -> None:
+def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(
+    tiny_checkpoint: Path,
+    tiny_onnx_dir: Path,
+    speech: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
     """`?variant=int8` loads the int8 graphs of an export that has them; the page's benchmark hook streams with 1, 2
     and 4 frames per decoder call (live mode's catch-up steps) and times each."""
     folder = tiny_onnx_dir  # the session's export has the int8 graphs
@@ -280,9 +328,11 @@ def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(tiny_checkpoint
     url = next(serving)
     try:
         out = _artifacts(tmp_path, "variant")
-        result = drive(url, out, "bench", audio, 240, "--variant", "int8", "--seconds", "2", "--repeats", "1",
-                       "--threads", "1")
+        result = drive(
+            url, out, "bench", audio, 240, "--variant", "int8", "--seconds", "2", "--repeats", "1", "--threads", "1"
+        )
         check_clean(result, url)
+        assert any("/assets/bench-" in r["url"] for r in result["requests"]), "the ?bench page loaded no bench chunk"
         bench = result["bench"]
         assert bench["variant"] == "int8" and bench["numThreads"] == 1
         int8_requests = [r["url"] for r in result["requests"] if ".int8.onnx" in r["url"]]

@@ -5,6 +5,10 @@
 //   node tests/e2e/drive.mjs --url http://127.0.0.1:PORT/ --out DIR --scenario roundtrip --file speech.wav
 //   scenarios: roundtrip (open, encode, toggle levels, decode, download), server (the same through the API),
 //              live (fake microphone from --file), bench (--threads N --seconds S)
+//
+// The page exposes `window.mimistack` (state, dump, setSelection) only with ?test in its URL, and
+// `window.mimistack.bench` only with ?bench: every page opened here carries them (pageUrl). The roundtrip first
+// opens the plain page once and records that it has no `window.mimistack` and loaded no testing chunk.
 import { createRequire } from 'node:module';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,6 +35,13 @@ const { values: args } = parseArgs({
 const timeout = Number(args.timeout) * 1000;
 const out = resolve(args.out);
 const result = { scenario: args.scenario, requests: [], console: [], pageErrors: [], steps: [] };
+
+/** args.url with `query` ('' or '?a=b&c=d') and the flags ('test', 'bench') appended as bare parameters. */
+function pageUrl(query, ...flags) {
+  const parts = [query.replace(/^\?/, ''), ...flags].filter(Boolean);
+  if (!parts.length) return args.url;
+  return `${args.url}${args.url.includes('?') ? '&' : '?'}${parts.join('&')}`;
+}
 
 function save(name, base64) {
   if (base64) writeFileSync(join(out, name), Buffer.from(base64, 'base64'));
@@ -79,10 +90,30 @@ async function engineReady(page) {
   return state;
 }
 
+/** The page as users get it (no ?test): ready (`<body data-ready>`), without `window.mimistack`. */
+async function plainPage(page, query) {
+  const url = pageUrl(query);
+  await page.goto(url);
+  await page.waitForFunction(() => document.body.dataset.ready, null, { timeout, polling: 100 });
+  // Let the in-browser engine finish starting (its status pill says so) before the page is left.
+  await page.waitForFunction(() => !/not loaded|loading/.test(document.getElementById('status-engine')?.textContent ?? ''),
+    null, { timeout, polling: 100 });
+  result.plainPage = {
+    url,
+    ...(await page.evaluate(() => ({
+      ready: document.body.dataset.ready ?? null,
+      mimistack: typeof window.mimistack,
+      engine: document.getElementById('status-engine')?.textContent ?? null,
+    }))),
+    testingChunks: result.requests.map((r) => r.url).filter((u) => /\/assets\/(hooks|bench)-[^/]*\.js/.test(u)),
+  };
+}
+
 async function roundtrip(page, mode) {
   // Server mode the way users meet it: a file longer than the in-browser limit goes to the server by itself.
   const query = mode === 'server' ? '?browserLimit=2' : (args.webgpu ? '?ep=webgpu' : '');
-  await page.goto(`${args.url}${query}`);
+  await plainPage(page, query);
+  await page.goto(pageUrl(query, 'test'));
   await waitFor(page, () => window.mimistack?.state().phase === 'ready', null, 'the page');
   result.engine = await engineReady(page);
   await page.screenshot({ path: join(out, '00-loaded.png'), fullPage: true });
@@ -126,7 +157,7 @@ async function roundtrip(page, mode) {
 }
 
 async function live(page) {
-  await page.goto(args.url);
+  await page.goto(pageUrl('', 'test'));
   result.engine = await engineReady(page);
   if (!result.engine.streaming) throw new Error('live mode needs the streaming graphs');
   await page.click('[data-preset="moshi"]');
@@ -151,7 +182,7 @@ async function live(page) {
 }
 
 async function bench(page) {
-  await page.goto(`${args.url}?threads=${args.threads ?? 1}&ep=wasm&variant=${args.variant}`);
+  await page.goto(pageUrl(`?threads=${args.threads ?? 1}&ep=wasm&variant=${args.variant}`, 'test', 'bench'));
   result.engine = await engineReady(page);
   if (args.file) {
     await page.setInputFiles('#file', args.file);

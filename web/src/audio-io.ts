@@ -3,8 +3,8 @@
  *
  * Mirrors `mimistack/audio.py` on the Python side. WAV files are parsed here (exact samples, as Python's soundfile
  * reads them); other formats, and WAV at other rates, go through the browser's decoder and resampler
- * (OfflineAudioContext), so their samples differ slightly from Python's soxr resampling. Used by `main.ts` (open,
- * record, downloads) and `server-api.ts` (the server's WAV answers).
+ * (OfflineAudioContext), so their samples differ slightly from Python's soxr resampling. Used by `ui/source.ts` (open),
+ * `ui/capture.ts` (record), `ui/downloads.ts` and `server-api.ts` (the server's WAV answers).
  */
 
 export class AudioInputError extends Error {}

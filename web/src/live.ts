@@ -4,7 +4,7 @@
  * selection of that moment.
  *
  * Uses the AudioWorklet in `public/worklets/live.js` (capture in frames, playback queue) and the inference worker
- * through `engine/client.ts`; `main.ts` turns what it returns into a take.
+ * through `engine/client.ts`; `ui/capture.ts` turns what it returns into a take.
  */
 
 import type { Engine } from './engine/client';

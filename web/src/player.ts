@@ -3,7 +3,7 @@
  *
  * Both signals play in sync from the same position; A/B only changes which one is heard, so the comparison is
  * instant. When the decoded signal changes (a new level selection) while it plays, playback continues from the
- * same position with the new audio. Used by `main.ts`; the playhead time drives the views' cursors.
+ * same position with the new audio. Used by `ui/player.ts` and `takes.ts`; the playhead time drives the views' cursors.
  */
 
 export type Track = 'original' | 'decoded';

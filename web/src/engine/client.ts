@@ -1,8 +1,8 @@
 /**
  * The page's handle on the inference worker (`engine/worker.ts`): promises in, progress callbacks out.
  *
- * Used by `main.ts` (file encode/decode), `live.ts` (one frame at a time from the microphone) and the benchmark
- * hook. Buffers handed to the worker are copied first, so the caller keeps its arrays.
+ * Used by `takes.ts` (file encode/decode), `live.ts` (one frame at a time from the microphone) and the benchmark
+ * (`testing/bench.ts`). Buffers handed to the worker are copied first, so the caller keeps its arrays.
  */
 
 import type { TokenGrid } from '../grid';

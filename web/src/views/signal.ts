@@ -1,7 +1,7 @@
 /**
  * A waveform or spectrogram of one signal (original or decoded) on a canvas, with a playhead.
  *
- * Used by `main.ts` for the two "Listen" panels. The spectrogram is a short-time Fourier transform (Hann window,
+ * Used by `ui/views.ts` for the two "Listen" panels. The spectrogram is a short-time Fourier transform (Hann window,
  * 512 points, one column per pixel) in dB, coloured with inferno (`colormap.ts`).
  */
 

@@ -2,7 +2,7 @@
  * The token stack: the grid's 32 levels x T frames as a heatmap over time, with a toggle and a solo button per
  * level. Clicking a row's number turns that level's term on or off; "S" keeps only that level.
  *
- * Used by `main.ts`, which owns the selection (`levels.ts`) and re-decodes when it changes; draws the grid held in
+ * Used by `ui/levels.ts`, which owns the selection (`levels.ts`) and re-decodes when it changes; draws the grid held in
  * `grid.ts`. Rows of levels that are off are dimmed; during playback a playhead marks the time.
  */
 

@@ -1,0 +1,67 @@
+/**
+ * `window.mimistack`: the page's state for the end-to-end tests (tests/e2e/drive.mjs, tests/test_web_e2e.py) and
+ * the benchmark (bench/bench_web.py). Loaded by `app.ts` only for `?test` or `?bench` pages, as its own chunk.
+ */
+
+import { bytesToBase64 } from '../grid';
+import { LevelSelection } from '../levels';
+import { store } from '../state';
+import { setSelection } from '../ui/levels';
+import type { bench as benchFunction } from './bench';
+
+function float32Base64(values: Float32Array | null | undefined): string | null {
+  return values ? bytesToBase64(new Uint8Array(values.buffer, values.byteOffset, values.byteLength)) : null;
+}
+
+function makeHooks(bench?: typeof benchFunction) {
+  return {
+    /** A JSON summary: what is open, whether the page is idle with the current selection decoded, the engine. */
+    state: () => {
+      const state = store.get();
+      const take = state.take;
+      return {
+        phase: state.phase,
+        take: take?.name ?? null,
+        idle: state.working === 0 && !!take?.decodedSelection && take.decodedSelection.equals(state.selection),
+        mode: state.mode,
+        selection: state.selection.toString(),
+        decodedSelection: take?.decodedSelection?.toString() ?? null,
+        numFrames: take?.grid?.numFrames ?? null,
+        numSamples: take?.grid?.numSamples ?? null,
+        error: state.error,
+        engineError: state.engineError,
+        executionProvider: state.model?.executionProvider ?? null,
+        numThreads: state.model?.numThreads ?? null,
+        streaming: state.model?.streaming ?? false,
+        crossOriginIsolated: globalThis.crossOriginIsolated === true,
+        live: state.captureKind === 'live' ? { ...state.live.stats, columns: state.live.columns.length } : null,
+        capture: state.capture ? { kind: state.captureKind, seconds: state.capture.seconds } : null,
+      };
+    },
+    /** The take's arrays as base64 little-endian bytes: codes (uint16), decoded and original (float32). */
+    dump: () => {
+      const take = store.get().take;
+      const codes = take?.grid?.codes;
+      return {
+        codes: codes ? bytesToBase64(new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength)) : null,
+        decoded: float32Base64(take?.decoded),
+        original: float32Base64(take?.original),
+      };
+    },
+    setSelection: (text: string) => setSelection(LevelSelection.parse(text, store.get().selection.numLevels), true),
+    /** Only on `?bench` pages (`testing/bench.ts`). */
+    bench,
+  };
+}
+
+export type Hooks = ReturnType<typeof makeHooks>;
+
+declare global {
+  interface Window {
+    mimistack?: Hooks;
+  }
+}
+
+export function installHooks(bench?: typeof benchFunction): void {
+  window.mimistack = makeHooks(bench);
+}
