@@ -1,17 +1,28 @@
-"""Throughput of `mimistack tokenize-corpus` (Ray Data, local) against a plain single-process loop, on this machine.
+"""Throughput of `mimistack tokenize-corpus` (local runner, and Ray Data on local Ray) against a plain
+single-process loop, on this machine.
 
 Uses `mimistack.corpus.tokenize_corpus` and `mimistack.Codec`; see docs/corpus.md. CPU only (the GPU measurement
-is bench/gpu_corpus.py). Builds a corpus of N copies of the speech samples in a temporary folder, then for each
-engine (torch; onnx when its graphs are available):
+is bench/gpu_corpus.py). Builds a corpus from the speech clips in a temporary folder (`--files N`: N files, cycling
+through the clips; or `--copies N`: N copies of all of them), then for each engine (torch; onnx when its graphs are
+available):
 
-  loop   for each file: codec.encode(load_audio(file)), one process, the engine using every CPU
-  ray    tokenize_corpus(...) on a local Ray started beforehand (its start is reported apart); actor start-up and
-         model loading are inside the measured time, as a user would see them
+  loop   for each file: codec.encode(load_audio(file)), one process, the engine using every CPU. Its wall time
+         includes Codec.load and a warm-up encode, as the runners' include their model loads; the loop alone is
+         reported beside it
+  local  tokenize_corpus(..., runner="local"): one process, one Codec on every CPU, the next files decoded in a
+         background thread (the default without --address)
+  ray    tokenize_corpus(..., runner="ray") on a local Ray started after the other rows (its start is reported
+         apart, and its idle daemons do not share the CPUs with them); actor start-up and model loading are
+         inside the measured time, as a user would see them
 
-and prints audio seconds per second (= audio hours per hour) and whether the Ray codes equal the loop's.
+and prints audio seconds per second (= audio hours per hour) and whether each runner's codes equal the loop's (the
+local runner's must: same thread count, same calls; Ray's CPU actors run one thread each, which can flip near-tied
+tokens).
 
-    python bench/bench_corpus.py --quick            # 3 short files, 1 copy: proves it runs (a minute or two)
-    python bench/bench_corpus.py --copies 20        # a real measurement
+    python bench/bench_corpus.py --quick              # 3 short files: proves it runs (a minute or two)
+    python bench/bench_corpus.py --files 33           # the 33-file corpus (~240 s of speech)
+    python bench/bench_corpus.py --files 300          # the 300-file corpus (~2,000 s)
+    python bench/bench_corpus.py --runners loop,local --engines torch
     python bench/bench_corpus.py --engines torch,onnx --onnx mimi-onnx
 """
 
@@ -39,48 +50,72 @@ QUICK_FILES = (
 )
 
 
-def build_corpus(folder: Path, speech_dir: Path, copies: int, quick: bool) -> list[Path]:
+def clips(speech_dir: Path, quick: bool) -> list[Path]:
     if speech_dir == SPEECH_DIR:
         sources = [SPEECH_DIR / name for name in QUICK_FILES] if quick else speech_files()
     else:
         sources = sorted(speech_dir.glob("*.wav"))
     if not sources or not all(p.exists() for p in sources):
         raise SystemExit(f"speech clips missing in {speech_dir}")
+    return sources
+
+
+def build_corpus(folder: Path, sources: list[Path], count: int) -> list[Path]:
+    """`count` files: the clips in order, again and again (copy k of a clip is copyKKK/<name>)."""
     files = []
-    for copy in range(copies):
-        for source in sources:
-            target = folder / f"copy{copy:03d}" / source.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            files.append(target)
+    for index in range(count):
+        source = sources[index % len(sources)]
+        target = folder / f"copy{index // len(sources):03d}" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        files.append(target)
     return files
 
 
 def plain_loop(
     files: list[Path], weights: str, engine: str, onnx_dir: str | None, threads: int
-) -> tuple[float, float, dict[str, np.ndarray]]:
+) -> tuple[float, float, float, dict[str, np.ndarray]]:
+    """Audio seconds, wall seconds (model load and warm-up included), seconds of the loop alone, codes by path."""
     from mimistack import Codec, OnnxOptions, TorchOptions, load_audio
 
+    started = time.perf_counter()
     options = (
         OnnxOptions(onnx_dir=onnx_dir, num_threads=threads) if engine == "onnx" else TorchOptions(num_threads=threads)
     )
     codec = Codec.load(weights, engine=options)
     codec.encode(np.zeros(codec.frame_size, dtype=np.float32))  # warm-up: first-call allocations
     codes, seconds = {}, 0.0
-    started = time.perf_counter()
+    looping = time.perf_counter()
     for path in files:
         pcm = load_audio(path)
         codes[str(path)] = codec.encode(pcm).codes
         seconds += len(pcm) / codec.sample_rate
-    return seconds, time.perf_counter() - started, codes
+    done = time.perf_counter()
+    return seconds, done - started, done - looping, codes
 
 
-def ray_pipeline(
-    folder: Path, out: Path, weights: str, engine: str, onnx_dir: str | None, encoders: int | None
+def run_corpus(
+    runner: str,
+    folder: Path,
+    out: Path,
+    weights: str,
+    engine: str,
+    onnx_dir: str | None,
+    num_cpus: int,
+    encoders: int | None,
 ) -> tuple[float, float, dict[str, np.ndarray]]:
     from mimistack import corpus
 
-    result = corpus.tokenize_corpus(folder, out, weights, engine=engine, onnx_dir=onnx_dir, encoders=encoders)
+    result = corpus.tokenize_corpus(
+        folder,
+        out,
+        weights,
+        engine=engine,
+        onnx_dir=onnx_dir,
+        runner=runner,  # type: ignore[arg-type]
+        num_cpus=num_cpus,
+        encoders=encoders if runner == "ray" else None,
+    )
     codes = {record.source_path: record.grid.codes for record in corpus.open(out)}
     return result.audio_seconds, result.elapsed_seconds, codes
 
@@ -94,99 +129,141 @@ def agreement(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) ->
     return f"{equal}/{len(reference)} files identical, {100 * same / tokens:.3f}% tokens"
 
 
+def prepare_weights(weights: str) -> None:
+    """Write a random checkpoint or download the weights, and read the file once, before any row is timed (the
+    first row must not pay for it)."""
+    from mimistack.codec import RANDOM_WEIGHTS, random_weights_path
+    from mimistack.weights import WeightsRef
+
+    WeightsRef.resolve(random_weights_path(weights) if weights in RANDOM_WEIGHTS else weights)
+
+
+def failure(engine: str, path: str, what: str, error: Exception) -> tuple[str, ...]:
+    return (engine, path, "-", "-", "-", f"{what}: {type(error).__name__}: {str(error).splitlines()[0][:100]}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 short files, 1 copy (proves the script runs)")
-    parser.add_argument("--copies", type=int, default=None, help="copies of the speech samples (default 10)")
+    parser.add_argument("--quick", action="store_true", help="3 short files (proves the script runs)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--files", type=int, default=None, help="files in the corpus, cycling through the clips (33, 300)"
+    )
+    size.add_argument("--copies", type=int, default=None, help="copies of all the speech clips (default 10)")
     parser.add_argument(
         "--weights", default="random", help="default: random official-size weights (same speed as kyutai/mimi)"
     )
     parser.add_argument("--engines", default="torch,onnx", help="comma-separated: torch, onnx")
+    parser.add_argument("--runners", default="loop,local,ray", help="comma-separated: loop, local, ray")
     parser.add_argument("--onnx", dest="onnx_dir", default=None, help="exported ONNX graphs for the onnx engine")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray and the loop (default: all)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the loop, the local runner and Ray")
     parser.add_argument("--encoders", type=int, default=None, help="Ray encoder actors (default: one per CPU)")
     parser.add_argument("--speech-dir", type=Path, default=SPEECH_DIR)
     args = parser.parse_args()
+    runners = [r.strip() for r in args.runners.split(",") if r.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if unknown := set(runners) - {"loop", "local", "ray"}:
+        parser.error(f"unknown runner(s): {', '.join(sorted(unknown))}")
 
-    import ray
     import torch
 
     from mimistack import __version__
 
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray, ray_version = None, "not installed"
     cpus = args.num_cpus or len(os.sched_getaffinity(0))
-    copies = args.copies or (1 if args.quick else 10)
     print(
-        f"mimistack {__version__}, torch {torch.__version__}, ray {ray.__version__}, python "
+        f"mimistack {__version__}, torch {torch.__version__}, ray {ray_version}, python "
         f"{platform.python_version()}; {cpus} CPUs ({platform.processor() or platform.machine()}), load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; weights {args.weights}"
     )
-    rows = []
+    prepare_weights(args.weights)
+    rows: list[tuple[str, ...]] = []
     with tempfile.TemporaryDirectory(prefix="bench-corpus-") as scratch:
         folder = Path(scratch) / "audio"
-        files = build_corpus(folder, args.speech_dir, copies, args.quick)
-        print(f"corpus: {len(files)} files ({copies} copies)")
-        started = time.perf_counter()
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            _node_ip_address="127.0.0.1",
-        )
-        print(f"ray start: {time.perf_counter() - started:.1f} s (not in the figures below)")
-        try:
-            for engine in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        sources = clips(args.speech_dir, args.quick)
+        count = args.files or len(sources) * (args.copies or (1 if args.quick else 10))
+        files = build_corpus(folder, sources, count)
+        print(f"corpus: {len(files)} files from {len(sources)} clips")
+        loop_codes: dict[str, dict[str, np.ndarray]] = {}
+        unavailable: set[str] = set()
+        for engine in engines:
+            if "loop" in runners:
                 try:
-                    seconds, elapsed, loop_codes = plain_loop(files, args.weights, engine, args.onnx_dir, cpus)
-                except Exception as error:  # one engine failing must not hide the others
+                    seconds, elapsed, alone, loop_codes[engine] = plain_loop(
+                        files, args.weights, engine, args.onnx_dir, cpus
+                    )
+                    note = f"reference (loop alone: {alone:.1f} s, {seconds / alone:.2f} audio s/s)"
                     rows.append(
                         (
                             engine,
                             "single-process loop",
-                            "-",
-                            "-",
-                            "-",
-                            f"unavailable: {type(error).__name__}: {str(error).splitlines()[0][:100]}",
-                        )
-                    )
-                    continue
-                rows.append(
-                    (
-                        engine,
-                        "single-process loop",
-                        f"{seconds:.1f}",
-                        f"{elapsed:.1f}",
-                        f"{seconds / elapsed:.2f}",
-                        "reference",
-                    )
-                )
-                try:
-                    out = Path(scratch) / f"tokens-{engine}"
-                    seconds, elapsed, ray_codes = ray_pipeline(
-                        folder, out, args.weights, engine, args.onnx_dir, args.encoders
-                    )
-                    rows.append(
-                        (
-                            engine,
-                            "ray tokenize-corpus",
                             f"{seconds:.1f}",
                             f"{elapsed:.1f}",
                             f"{seconds / elapsed:.2f}",
-                            agreement(loop_codes, ray_codes),
+                            note,
                         )
                     )
-                except Exception as error:
-                    rows.append(
-                        (engine, "ray tokenize-corpus", "-", "-", "-", f"failed: {type(error).__name__}: {error}"[:120])
-                    )
-        finally:
-            ray.shutdown()
+                except Exception as error:  # one engine failing must not hide the others
+                    rows.append(failure(engine, "single-process loop", "unavailable", error))
+                    unavailable.add(engine)
+                    continue
+            if "local" in runners:
+                rows.append(measure("local", folder, Path(scratch), args, engine, cpus, loop_codes.get(engine)))
+        if "ray" in runners and ray is None:
+            rows.append(("-", "ray tokenize-corpus", "-", "-", "-", "ray is not installed: pip install 'ray[data]'"))
+        elif "ray" in runners:
+            started = time.perf_counter()
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                _node_ip_address="127.0.0.1",
+            )
+            print(f"ray start: {time.perf_counter() - started:.1f} s (not in the figures below)")
+            try:
+                for engine in [e for e in engines if e not in unavailable]:
+                    rows.append(measure("ray", folder, Path(scratch), args, engine, cpus, loop_codes.get(engine)))
+            finally:
+                ray.shutdown()
     header = ("engine", "path", "audio s", "wall s", "audio s/s (= h/h)", "codes vs loop")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + " |")
     return 0
+
+
+def measure(
+    runner: str,
+    folder: Path,
+    scratch: Path,
+    args: argparse.Namespace,
+    engine: str,
+    cpus: int,
+    reference: dict[str, np.ndarray] | None,
+) -> tuple[str, ...]:
+    path = f"{runner} tokenize-corpus"
+    try:
+        seconds, elapsed, codes = run_corpus(
+            runner,
+            folder,
+            scratch / f"tokens-{runner}-{engine}",
+            args.weights,
+            engine,
+            args.onnx_dir,
+            cpus,
+            args.encoders,
+        )
+    except Exception as error:
+        return failure(engine, path, "failed", error)
+    note = agreement(reference, codes) if reference is not None else "no loop to compare with"
+    return (engine, path, f"{seconds:.1f}", f"{elapsed:.1f}", f"{seconds / elapsed:.2f}", note)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Tests for `mimistack.corpus` and `mimistack.cli_corpus`: tokenize a small corpus on local Ray, resume after a
-crash, read it back, export it flat.
+"""Tests for `mimistack.corpus` and `mimistack.cli_corpus`: tokenize a small corpus with the Ray runner (on local
+Ray), resume after a crash, read it back, export it flat; and check that the local runner writes the same folder.
 
 One module-scoped local Ray (2 CPUs) serves every test: Ray's start is the slow part. Reference codes come from a
-plain single-process `Codec.encode(load_audio(file))`.
+plain single-process `Codec.encode(load_audio(file))`. The local runner's own tests are in test_corpus_local.py.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def tokenized(
             str(tiny_checkpoint),
             "--files-per-shard",
             "2",
+            "--runner",
+            "ray",
             "-q",
         ]
     )
@@ -178,7 +180,7 @@ def test_bad_files_are_in_the_errors_table_with_reasons(tokenized: Path) -> None
 
 def test_rerun_skips_everything(tokenized: Path, audio_dir: Path, tiny_checkpoint: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()}
-    result = tokenize_corpus(audio_dir, tokenized, tiny_checkpoint)
+    result = tokenize_corpus(audio_dir, tokenized, tiny_checkpoint, runner="ray")
     assert (result.files_planned, result.files_skipped, result.files_processed) == (6, 6, 0)
     assert {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()} == before
     assert result.manifest["complete"] is True
@@ -231,7 +233,7 @@ def test_sigkill_mid_run_then_resume_gives_every_row_once(
     # What a kill in the middle of writing a shard leaves behind: a temporary file, never a shard.
     (out / "shards" / f".part-{rows:06d}.parquet.tmp-x1").write_bytes(b"half a shard")
 
-    result = tokenize_corpus(manifest, out, tiny_checkpoint)
+    result = tokenize_corpus(manifest, out, tiny_checkpoint, runner="ray")
     assert (result.files_skipped, result.files_processed) == (done, rows + 1 - done)
     assert not [p.name for p in (out / "shards").iterdir() if "tmp" in p.name]
     expected = encode_on_one_thread(tiny_codec, source)
@@ -241,6 +243,35 @@ def test_sigkill_mid_run_then_resume_gives_every_row_once(
         np.testing.assert_array_equal(record.grid.codes, expected)
     assert [e["id"] for e in corpus.open(out).errors()] == ["broken"]
     assert result.manifest["complete"] and result.manifest["counts"]["rows"] == rows
+
+
+def test_local_runner_writes_what_ray_writes(
+    tokenized: Path, audio_dir: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The same inputs through the local runner (on one torch thread, as each Ray CPU actor runs): the same shard
+    files with the same rows and footers, the same errors table, the same manifest but for its time and runner."""
+    import torch
+
+    out = tmp_path / "local"
+    threads = torch.get_num_threads()
+    try:
+        result = tokenize_corpus(audio_dir, out, tiny_checkpoint, runner="local", threads=1, files_per_shard=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.manifest["last_run"]["runner"] == "local"
+    names = sorted(p.name for p in (tokenized / "shards").iterdir())
+    assert sorted(p.name for p in (out / "shards").iterdir()) == names
+    for name in names:
+        ray_shard, local_shard = tokenized / "shards" / name, out / "shards" / name
+        assert pq.read_table(local_shard).equals(pq.read_table(ray_shard)), name
+        assert corpus.layout.shard_meta(local_shard) == corpus.layout.shard_meta(ray_shard), name
+    assert (out / "plan.parquet").read_bytes() == (tokenized / "plan.parquet").read_bytes()
+    assert (out / "errors.jsonl").read_text() == (tokenized / "errors.jsonl").read_text()
+    ray_manifest, local_manifest = (json.loads((f / "manifest.json").read_text()) for f in (tokenized, out))
+    assert set(local_manifest) == set(ray_manifest)
+    for key in ("updated", "last_run"):
+        local_manifest.pop(key), ray_manifest.pop(key)
+    assert local_manifest == ray_manifest
 
 
 def test_new_files_extend_a_finished_corpus(
@@ -286,7 +317,20 @@ def test_fast_path_through_the_cli(
     summation order, and the manifest records the setting."""
     out = tmp_path / "fast"
     assert (
-        main(["tokenize-corpus", str(audio_dir), "-o", str(out), "--weights", str(tiny_checkpoint), "--fast", "-q"])
+        main(
+            [
+                "tokenize-corpus",
+                str(audio_dir),
+                "-o",
+                str(out),
+                "--weights",
+                str(tiny_checkpoint),
+                "--fast",
+                "--runner",
+                "ray",
+                "-q",
+            ]
+        )
         == 0
     )
     records = {r.id: r.grid.codes for r in corpus.open(out)}

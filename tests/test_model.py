@@ -44,6 +44,12 @@ def test_codes_are_diverse_on_every_level(model, pcm) -> None:
     ],
 )
 def test_streaming_equals_batch(model, pcm, mode: str, chunk_frames: int) -> None:
+    """ "window" streaming is batch's function at any length. Kyutai's ring cache ("ring", and "moshi-window", its
+    summation order) keeps exactly `context` steps, so it equals batch only while the stream fits in the context
+    (the tiny config's 8 steps = 4 frames); past it, it drops a key per frame as moshi does (tests/test_onnx.py,
+    tests/test_engine_contract.py)."""
+    if mode != "window":
+        pcm = pcm[..., : MimiConfig.tiny().context // 2 * 1920]
     with torch.no_grad():
         batch_codes, _ = model.encode(pcm)
         state = model.init_encoder_state(1)

@@ -65,7 +65,7 @@ def test_codes_identical_on_all_levels_batch(moshi_model, codec: Codec, speech: 
         mismatches = int((grid.codes != expected).sum())
         assert mismatches == 0, f"{name}: {mismatches} of {expected.size} tokens differ"
         total += expected.size
-    assert total > 30_000
+    assert total > 20_000  # every speech clip and the synthetic signals: ~24k tokens
 
 
 @pytest.mark.parametrize("count", [1, 8, 32])

@@ -91,7 +91,7 @@ class Codec:
     @classmethod
     def load(
         cls,
-        weights: str | os.PathLike[str] = DEFAULT_WEIGHTS,
+        weights: str | os.PathLike[str] | WeightsRef = DEFAULT_WEIGHTS,
         engine: EngineName | EngineOptions = "auto",
         *,
         revision: str | None = None,
@@ -101,10 +101,11 @@ class Codec:
 
         `engine`: "auto" (torch when it is installed, else ONNX Runtime), "torch", "onnx", or an options object,
         `TorchOptions(device=..., dtype=..., fast=...)` or `OnnxOptions(onnx_dir=..., variant=...)`, which holds the
-        settings that only that engine understands. `revision`: the hub revision (branch, tag or commit).
+        settings that only that engine understands. `revision`: the hub revision (branch, tag or commit). A
+        `WeightsRef` that the caller resolved already is used as it is (not hashed again).
         """
         options = resolve_options(engine)
-        source = os.fspath(weights)
+        source = weights.source if isinstance(weights, WeightsRef) else os.fspath(weights)
         if isinstance(options, OnnxOptions) and options.onnx_dir is not None and source == DEFAULT_WEIGHTS:
             from .engine.onnx_cache import load_onnx_engine  # the export folder alone: its manifest names the weights
 
@@ -116,7 +117,10 @@ class Codec:
             )
             return cls(backend, chunk_frames=chunk_frames, source=source)
         # The weights first: a missing file or an unreachable hub fails before any engine (torch) is imported.
-        ref = WeightsRef.resolve(random_weights_path(source) if source in RANDOM_WEIGHTS else weights, revision)
+        if isinstance(weights, WeightsRef):
+            ref = weights
+        else:
+            ref = WeightsRef.resolve(random_weights_path(source) if source in RANDOM_WEIGHTS else weights, revision)
         if isinstance(options, TorchOptions):
             from .engine.torch import TorchEngine
             from .weights import load_weights

@@ -1,7 +1,7 @@
 """`mimistack tokenize-corpus` and `mimistack corpus-export`: the command-line face of `mimistack.corpus`.
 
-Registered by `cli.main` (through `register(command)`); sits on `corpus` (the Ray pipeline,
-reading back, flat export) and uses `cli`'s shared model options and error conventions.
+Registered by `cli.main` (through `register(command)`); sits on `corpus` (the pipeline with its local and Ray
+runners, reading back, flat export) and uses `cli`'s shared model options and error conventions.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         onnx_dir=args.onnx_dir,
+        runner=args.runner,
         address=args.address,
         num_cpus=args.num_cpus,
         encoders=args.encoders,
@@ -77,7 +78,8 @@ def register(command: Command) -> None:
     p = command(
         "tokenize-corpus",
         cmd_tokenize_corpus,
-        "tokenize an audio collection to Parquet token shards on Ray (resumable; see docs/corpus.md)",
+        "tokenize an audio collection to Parquet token shards, in this process or on Ray (resumable; see "
+        "docs/corpus.md)",
     )
     p.add_argument(
         "inputs",
@@ -89,7 +91,17 @@ def register(command: Command) -> None:
     p.add_argument(
         "-o", "--output", required=True, help="output folder (created; an existing tokenize-corpus output is resumed)"
     )
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a private local Ray on this machine)")
+    p.add_argument(
+        "--runner",
+        choices=("auto", "local", "ray"),
+        default="auto",
+        help="local: this process, one codec on every CPU (or --threads), the next files decoded meanwhile; "
+        "ray: Ray Data (the cluster at --address, else a private local Ray); auto (default): ray with --address, "
+        "else local. Both write the same shards and resume the same way",
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (implies --runner ray; default: no cluster, run here)"
+    )
     p.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -111,13 +123,18 @@ def register(command: Command) -> None:
         "exactly Codec.encode; 1280 on GPU)",
     )
     p.add_argument(
-        "--num-cpus", type=_positive_int, default=None, help="CPUs for the local Ray (default: all of this machine's)"
+        "--num-cpus",
+        type=_positive_int,
+        default=None,
+        help="CPUs to use on this machine: the private local Ray's, or the local runner's codec threads when "
+        "--threads is not given (default: all of this machine's)",
     )
     p.add_argument(
         "--encoders",
         type=_positive_int,
         default=None,
-        help="encoder actors (default: one per GPU with --device cuda, else CPUs / --threads)",
+        help="Ray runner: encoder actors (default: one per GPU with --device cuda, else CPUs / --threads; "
+        "--threads is then per actor)",
     )
     p.add_argument(
         "--files-per-shard",

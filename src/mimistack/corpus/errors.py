@@ -1,5 +1,5 @@
 """What stops a corpus job before any work: `CorpusError`, and the optional packages it needs (pyarrow for every
-corpus file, Ray Data for tokenizing), imported on first use with the command that installs them.
+corpus file, Ray Data for the Ray runner), imported on first use with the command that installs them.
 
 The bottom of `corpus/`: sits on `errors`; used by every other module of the package.
 """

@@ -1,8 +1,8 @@
 """A tokenize-corpus output folder and the bookkeeping that makes a run resumable (spec: `docs/corpus.md`).
 
 Sits on `errors`, `inputs` (`CorpusInput`) and `_files` (atomic writes, `TMP_MARK`); used by `shards` (names and
-footer key), `pipeline` (plans, locks, the summary), `reader` (finding the finished shards, the manifest) and `flat`
-(`FORMAT_VERSION`).
+footer key), `units` and `pipeline` (plans, locks, the summary), `reader` (finding the finished shards, the
+manifest) and `flat` (`FORMAT_VERSION`).
 
     OUT/plan.parquet            the numbered work units (written once, only ever extended)
     OUT/shards/part-NNNNNN.parquet   one per finished unit: its existence is the only record that it is done

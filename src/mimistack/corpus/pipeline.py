@@ -1,9 +1,14 @@
-"""Tokenizing a corpus on Ray Data (`tokenize_corpus`): files decoded in CPU tasks, encoded by actors that each hold
-one `Codec`, and each finished unit written as one shard, resumably.
+"""Tokenizing a corpus (`tokenize_corpus`): the inputs planned into numbered units, the pending ones executed by a
+runner, each finished unit written as one shard, resumably, and the summary rebuilt from the shards.
 
-Sits on `inputs` (`collect_inputs`), `layout` (plan, lock, summary), `shards` (`write_shard`), `errors` (Ray),
-`workers` (what runs on the Ray workers), `codec` (the engine's options), `progress` and `weights` (the sha256
-every row carries); used by `cli.corpus` (`mimistack tokenize-corpus`) and `bench/bench_corpus.py`.
+The runner is the only thing that differs between a run on this machine and one on a cluster: `local.LocalRunner`
+(the default without `--address`: one process, one Codec on every CPU, decoding overlapped) or `raydata.RayRunner`
+(Ray Data: a cluster with `--address`, or a private local Ray with `runner="ray"`). Both get the same `units.Work`
+and hand their rows to the same `units.UnitSink`, so shards, manifest, errors and resume are the same.
+
+Sits on `inputs` (`collect_inputs`), `layout` (plan, lock, summary), `units`, `local`, `raydata`, `errors`,
+`codec` (the engine's options) and `weights` (the sha256 every row carries); used by `cli.corpus` (`mimistack
+tokenize-corpus`) and `bench/bench_corpus.py`.
 """
 
 from __future__ import annotations
@@ -12,21 +17,17 @@ import dataclasses
 import logging
 import os
 import time
-import warnings
 from pathlib import Path
-from types import ModuleType
-
-from safetensors import safe_open
+from typing import Literal, get_args
 
 from ..codec import RANDOM_WEIGHTS, Codec, random_weights_path
 from ..engine.options import EngineOptions, OnnxOptions, TorchDtype, TorchOptions, torch_available
-from ..weights import file_sha256, infer_config, resolve_weights
+from ..weights import WeightsRef
 from .errors import CorpusError, require_ray
 from .inputs import InputSpecs, collect_inputs
 from .layout import (
     FolderLock,
     Manifest,
-    Plan,
     WeightsIdentity,
     clean_temporaries,
     completed_units,
@@ -36,14 +37,24 @@ from .layout import (
     write_plan,
     write_summary,
 )
-from .progress import TokenizeProgress
-from .shards import EncodedRow, write_shard
-from .workers import Batch, Encoder, FileRow, decode_row
+from .local import LocalRunner
+from .raydata import RayRunner
+from .units import DEFAULT_GPU_BATCH_SECONDS, Runner, UnitSink, Work
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FILES_PER_SHARD = 256
-DEFAULT_GPU_BATCH_SECONDS = 1280.0  # 128 utterances of 10 s: keeps an H100/H200 busy without running out of memory
+RunnerName = Literal["auto", "local", "ray"]
+
+__all__ = [
+    "DEFAULT_FILES_PER_SHARD",
+    "DEFAULT_GPU_BATCH_SECONDS",
+    "RunnerName",
+    "TokenizeResult",
+    "choose_runner",
+    "engine_options",
+    "tokenize_corpus",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,16 +78,9 @@ class TokenizeResult:
         return self.audio_seconds / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
 
 
-@dataclasses.dataclass
-class _Counts:
-    processed: int = 0
-    rows: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-
-
 def engine_options(engine: str, device: str, dtype: TorchDtype, onnx_dir: str | None, fast: bool) -> EngineOptions:
-    """The options the encoder actors load their Codec with (threads are set per actor, from its resources).
+    """The options the runner loads its Codec(s) with (threads are the runner's: every CPU for the local one, per
+    actor from its resources on Ray).
 
     `engine`: "torch", "onnx" or "auto" (ONNX Runtime when `onnx_dir` is given or torch is not installed, as on the
     command line); `fast` compiles the fast path on CUDA."""
@@ -97,49 +101,36 @@ def _weights_identity(weights: str, revision: str | None, options: EngineOptions
         codec = Codec.load(weights, OnnxOptions(onnx_dir=options.onnx_dir), revision=revision)
         config, sha256 = codec.config, codec.weights_sha256
     else:
-        path = random_weights_path(weights) if weights in RANDOM_WEIGHTS else resolve_weights(weights, revision)
-        with safe_open(str(path), framework="np") as handle:
-            metadata = handle.metadata() or {}
-        config, sha256 = infer_config({}, metadata), file_sha256(path)
+        ref = WeightsRef.resolve(random_weights_path(weights) if weights in RANDOM_WEIGHTS else weights, revision)
+        config, sha256 = ref.config, ref.sha256
     return WeightsIdentity(
         sha256, config.num_levels, config.sample_rate, config.frame_rate, config.frame_size, config.codebook_size
     )
 
 
-def _start_ray(ray: ModuleType, address: str | None, num_cpus: int | None) -> bool:
-    """Connect to `address`, or start a private local Ray (dashboard off, bound to 127.0.0.1); reuse one that the
-    caller already started. Returns whether this call started it (and so must shut it down)."""
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-        return True
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave this machine
-    cpus = num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-    )
-    return True
-
-
-def _pool_sizes(
-    ray: ModuleType, device: str, encoders: int | None, threads: int | None
-) -> tuple[int, dict[str, float]]:
-    """How many encoder actors, and the resources each one holds."""
-    resources: dict[str, float] = ray.cluster_resources()
-    if device.startswith("cuda"):
-        gpus = int(resources.get("GPU", 0))
-        if gpus == 0:
-            raise CorpusError("--device cuda, but the Ray cluster has no GPU")
-        return encoders or gpus, {"num_gpus": 1, "num_cpus": 1}
-    per_actor = threads or 1
-    # On CPU, Ray Data fuses the decode step into the encoder actors (same resources): each actor decodes its own
-    # files, no pcm crosses the object store, and one actor per CPU keeps every core busy.
-    return encoders or max(1, int(resources.get("CPU", 1)) // per_actor), {"num_cpus": per_actor}
+def choose_runner(
+    runner: str, address: str | None, num_cpus: int | None, encoders: int | None, threads: int | None
+) -> Runner:
+    """The runner a run uses: "auto" is Ray with an `address`, else the local runner. Options that the chosen
+    runner cannot honour are refused, never ignored; Ray's absence is reported before any work."""
+    if runner not in get_args(RunnerName):
+        raise CorpusError(f"unknown runner {runner!r}; expected 'auto', 'local' or 'ray'")
+    if runner == "auto":
+        runner = "ray" if address else "local"
+    if runner == "local":
+        if address:
+            raise CorpusError(
+                f"--address {address} is a Ray cluster, but --runner local runs everything in this process; "
+                "use --runner ray (or the default, auto) to run on the cluster, or drop --address"
+            )
+        if encoders is not None:
+            raise CorpusError(
+                "--encoders sizes the Ray runner's actor pool; the local runner runs one codec in this process "
+                "(on every CPU, or --threads): drop --encoders, or pass --runner ray"
+            )
+        return LocalRunner(threads=threads or num_cpus)
+    require_ray()
+    return RayRunner(address=address, num_cpus=num_cpus, encoders=encoders, threads=threads)
 
 
 def tokenize_corpus(
@@ -152,6 +143,7 @@ def tokenize_corpus(
     device: str = "cpu",
     dtype: TorchDtype = "float32",
     onnx_dir: str | os.PathLike[str] | None = None,
+    runner: RunnerName = "auto",
     address: str | None = None,
     num_cpus: int | None = None,
     encoders: int | None = None,
@@ -163,15 +155,19 @@ def tokenize_corpus(
 ) -> TokenizeResult:
     """Tokenize every input file into Parquet shards under `output` (created, or resumed if it exists).
 
-    `inputs`: folders, globs, manifests or files (see `collect_inputs`). `address`: a Ray cluster (default: a
-    private local Ray with `num_cpus` CPUs, all of this machine's by default; an already initialised Ray is
-    reused). Files are decoded and resampled in CPU tasks and encoded by `encoders` actors that each hold one
-    Codec: on CPU with `threads` threads each, or on one GPU each with `device="cuda"`. `batch_seconds`: padded
-    audio seconds per encode call; 0 (the CPU default) encodes one file per call, which gives exactly the codes
-    of `Codec.encode` on that file; batching (the GPU default, 1280 s) is faster but float rounding then depends
-    on the batch, which can flip a few near-tie tokens, as a different device does. Bad files are recorded with
-    their reason and never stop the job. `fast` (torch engine): the whole-input fast path of `TorchEngine`
-    (compiled on CUDA), for GPU runs with dtype="bfloat16"; its codes differ from fp32's on many tokens.
+    `inputs`: folders, globs, manifests or files (see `collect_inputs`). `runner`: "local" runs the job in this
+    process (one Codec on `threads` CPU threads, default `num_cpus` or every CPU, or on the GPU with
+    `device="cuda"`; the next files are decoded in a background thread); "ray" runs it on Ray Data, on the
+    cluster at `address` or a private local Ray with `num_cpus` CPUs (an already initialised Ray is reused):
+    files decoded in CPU tasks and encoded by `encoders` actors that each hold one Codec, on CPU with `threads`
+    threads each or on one GPU each. "auto" (default): "ray" when `address` is given, else "local". Both
+    write the same shards, manifest and errors, and resume the same way. `batch_seconds`: padded audio
+    seconds per encode call; 0 (the CPU default) encodes one file per call, which gives exactly the codes of
+    `Codec.encode` on that file (on the same torch thread count); batching (the GPU default, 1280 s) is faster
+    but float rounding then depends on the batch, which can flip a few near-tie tokens, as a different device
+    does. Bad files are recorded with their reason and never stop the job. `fast` (torch engine): the
+    whole-input fast path of `TorchEngine` (compiled on CUDA), for GPU runs with dtype="bfloat16"; its codes
+    differ from fp32's on many tokens.
     """
     started = time.perf_counter()
     options = engine_options(engine, device, dtype, None if onnx_dir is None else os.fspath(onnx_dir), fast)
@@ -181,6 +177,7 @@ def tokenize_corpus(
         raise CorpusError(f"files_per_shard must be positive, got {files_per_shard}")
     if batch_seconds is not None and batch_seconds < 0:
         raise CorpusError(f"batch_seconds must be >= 0, got {batch_seconds}")
+    chosen = choose_runner(runner, address, num_cpus, encoders, threads)
     items = collect_inputs(inputs)
     identity = _weights_identity(weights, revision, options)
     prepare_output(folder)
@@ -200,132 +197,24 @@ def tokenize_corpus(
             len(done),
             len(pending),
         )
-        counts = _Counts()
+        work = Work(plan, pending, identity, weights, revision, options, batch_seconds)
+        sink = UnitSink(work, folder, progress, skipped, started)
         if pending:
             if weights in RANDOM_WEIGHTS and address:
                 logger.warning(
                     "random weights on a cluster: every node writes its own cached copy (same seed, same file)"
                 )
-            run = _Run(plan, folder, identity, weights, revision, options, batch_seconds, counts)
-            with warnings.catch_warnings():
-                # Ray Data warns about its own deprecated settings while copying its context: noise for our users.
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
-                run.execute(pending, skipped, address, num_cpus, encoders, threads, progress, started)
-        last_run: dict[str, object] = {"engine": options.name, "device": device, "dtype": dtype, "fast": fast}
+            chosen.execute(work, sink)
+        last_run: dict[str, object] = {
+            "runner": chosen.name,
+            "engine": options.name,
+            "device": device,
+            "dtype": dtype,
+            "fast": fast,
+        }
         manifest = write_summary(folder, plan, inputs, weights, identity, last_run)
     elapsed = time.perf_counter() - started
+    counts = sink.counts
     return TokenizeResult(
         folder, plan.num_files, skipped, counts.processed, counts.rows, counts.errors, counts.seconds, elapsed, manifest
     )
-
-
-@dataclasses.dataclass
-class _Run:
-    """One pass of the Ray pipeline over the pending units of a plan."""
-
-    plan: Plan
-    folder: Path
-    identity: WeightsIdentity
-    weights: str
-    revision: str | None
-    options: EngineOptions
-    batch_seconds: float | None
-    counts: _Counts
-
-    def execute(
-        self,
-        pending: list[int],
-        skipped: int,
-        address: str | None,
-        num_cpus: int | None,
-        encoders: int | None,
-        threads: int | None,
-        progress: bool,
-        started: float,
-    ) -> None:
-        ray = require_ray()
-        owns_ray = _start_ray(ray, address, num_cpus)
-        context = ray.data.DataContext.get_current()
-        saved = context.enable_progress_bars
-        context.enable_progress_bars = False  # ours shows files, hours and throughput; Ray's would fight it
-        bar = TokenizeProgress(progress, self.plan.num_files, skipped)
-        batches = None
-        try:
-            gpu = self.options.device.startswith("cuda")
-            size, resources = _pool_sizes(ray, self.options.device, encoders, threads)
-            seconds = self.batch_seconds
-            if seconds is None:
-                seconds = DEFAULT_GPU_BATCH_SECONDS if gpu else 0.0
-            options = dataclasses.replace(self.options, num_threads=None if gpu else int(resources["num_cpus"]))
-            rows = [
-                FileRow(unit=u, position=p, id=item.id, path=item.path, sample_rate=self.identity.sample_rate)
-                for u in pending
-                for p, item in enumerate(self.plan.units[u])
-            ]
-            blocks = max(1, min(len(rows), max(size * 4, len(rows) // 16)))
-            dataset = (
-                ray.data.from_items(rows, override_num_blocks=blocks)
-                .map(decode_row, num_cpus=1)
-                .map_batches(
-                    Encoder,
-                    batch_size=256 if gpu else 16,
-                    batch_format="numpy",
-                    compute=ray.data.ActorPoolStrategy(size=size),
-                    fn_constructor_kwargs={
-                        "weights": self.weights,
-                        "revision": self.revision,
-                        "options": options,
-                        "batch_seconds": seconds,
-                        "weights_sha256": self.identity.sha256,
-                    },
-                    **resources,
-                )
-            )
-            waiting: dict[int, dict[int, EncodedRow]] = {u: {} for u in pending}
-            batches = dataset.iter_batches(batch_size=None, batch_format="numpy")
-            for batch in batches:
-                advanced, audio = self._collect(batch, waiting)
-                self.counts.processed += advanced
-                self.counts.seconds += audio
-                bar.update(advanced, audio, time.perf_counter() - started)
-            if waiting:
-                raise CorpusError(
-                    f"the pipeline ended with {len(waiting)} unit(s) incomplete (rows lost in Ray); "
-                    "run again to redo them"
-                )
-        finally:
-            bar.close()
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-            context.enable_progress_bars = saved
-            if owns_ray:
-                ray.shutdown()
-
-    def _collect(self, batch: Batch, waiting: dict[int, dict[int, EncodedRow]]) -> tuple[int, float]:
-        """File the batch's rows under their units and write each unit that is now complete; returns the files
-        and the audio seconds the batch held."""
-        advanced, audio = 0, 0.0
-        for index in range(len(batch["id"])):
-            row = EncodedRow(
-                unit=int(batch["unit"][index]),
-                position=int(batch["position"][index]),
-                id=str(batch["id"][index]),
-                path=str(batch["path"][index]),
-                num_samples=int(batch["num_samples"][index]),
-                num_frames=int(batch["num_frames"][index]),
-                codes=bytes(batch["codes"][index]),
-                error=str(batch["error"][index]),
-            )
-            unit = row["unit"]
-            waiting[unit][row["position"]] = row
-            advanced += 1
-            if not row["error"]:
-                audio += row["num_samples"] / self.identity.sample_rate
-            if len(waiting[unit]) == len(self.plan.units[unit]):
-                finished = waiting.pop(unit)
-                ordered = [finished[p] for p in range(len(self.plan.units[unit]))]
-                written, failed = write_shard(self.folder, unit, ordered, self.identity)
-                self.counts.rows += written
-                self.counts.errors += failed
-        return advanced, audio

@@ -1,6 +1,7 @@
 """The progress bar of a tokenize-corpus run: files, audio hours and throughput on stderr, with rich.
 
-Sits on rich only; used by `pipeline` (which disables Ray's own bars while this one runs).
+Sits on rich only; used by `units.UnitSink`, whichever runner feeds it (the Ray runner disables Ray's own bars
+while this one runs).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class TokenizeProgress:
         self.bar.start()
 
     def update(self, files: int, audio_seconds: float, elapsed: float) -> None:
+        """`files` more are done; `audio_seconds` of audio were encoded in the `elapsed` seconds of this run."""
         if self.bar is not None and self.task is not None:
             self.bar.update(
                 self.task, advance=files, hours=audio_seconds / 3600, speed=audio_seconds / max(elapsed, 1e-9)

@@ -1,8 +1,8 @@
 """One finished work unit as one Parquet shard: the row schema and the atomic write that marks the unit done.
 
-Sits on `layout` (names, footer key, `ShardMeta`, `write_table`) and `errors` (pyarrow); used by `pipeline`, which
-hands over the encoded rows of a unit once all of them are back from Ray. The schema is documented column by
-column in `layout.COLUMNS` and `docs/corpus.md`.
+Sits on `layout` (names, footer key, `ShardMeta`, `write_table`) and `errors` (pyarrow); used by `units.UnitSink`,
+which hands over the encoded rows of a unit once all of them are back from the runner (local or Ray), and by the
+runners for `EncodedRow`. The schema is documented column by column in `layout.COLUMNS` and `docs/corpus.md`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .layout import (
 
 
 class EncodedRow(TypedDict):
-    """One file back from the encoder actors; `codes` are uint16 `[num_levels, num_frames]` as little-endian
+    """One file back from a runner's encoder; `codes` are uint16 `[num_levels, num_frames]` as little-endian
     bytes, and `error` says why there are none ("" for a good file)."""
 
     unit: int

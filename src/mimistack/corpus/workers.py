@@ -1,9 +1,11 @@
-"""What runs on the Ray workers of a tokenize-corpus job: decoding one file in a CPU task (`decode_row`) and the
-encoder actor that holds one `Codec` (`Encoder`), batching files of similar length.
+"""What encodes a corpus, whichever runner drives it: decoding one file (`decode_file`; `decode_row` in a Ray CPU
+task), encoding decoded files in duration groups on one `Codec` (`encode_files`), and the Ray encoder actor that
+holds that Codec (`Encoder`).
 
 Sits on `codec` (`Codec.load` with the engine's options), `audio` (`load_audio`), `tokens` and `errors`; used by
-`pipeline`, which builds the Ray Data pipeline from these. Ray pickles them by reference to this module, so every
-node imports it.
+`local` (the in-process runner calls `decode_file` and `encode_files` directly) and `raydata` (which builds the
+Ray Data pipeline from `decode_row` and `Encoder`). Ray pickles them by reference to this module, so every node
+imports it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from .errors import CorpusError
 Batch = dict[str, NDArray[np.generic]]
 """A Ray Data batch in numpy format: column name -> one value per row."""
 
+Pcm = NDArray[np.float32]
+
 
 class FileRow(TypedDict):
-    """One file of a pending unit, as the pipeline's input rows carry it."""
+    """One file of a pending unit, as the runners carry it."""
 
     unit: int
     position: int
@@ -34,23 +38,26 @@ class FileRow(TypedDict):
     sample_rate: int
 
 
+def decode_file(path: str, sample_rate: int) -> tuple[Pcm | None, str]:
+    """One file -> (float32 pcm at `sample_rate`, "") or (None, the reason it cannot be used)."""
+    try:
+        return load_audio(path, sample_rate=sample_rate), ""
+    except Exception as error:  # any bad file becomes an error row, never a failed job
+        return None, _reason(error)
+
+
 def decode_row(row: FileRow) -> dict[str, object]:
-    """CPU task: one file -> float32 pcm at 24 kHz as bytes, or the reason it cannot be used."""
-    out: dict[str, object] = {
+    """Ray CPU task: one file -> float32 pcm at 24 kHz as bytes, or the reason it cannot be used."""
+    pcm, error = decode_file(row["path"], row["sample_rate"])
+    return {
         "unit": row["unit"],
         "position": row["position"],
         "id": row["id"],
         "path": row["path"],
-        "pcm": b"",
-        "num_samples": 0,
-        "error": "",
+        "pcm": b"" if pcm is None else pcm.astype("<f4").tobytes(),
+        "num_samples": 0 if pcm is None else int(pcm.shape[0]),
+        "error": error,
     }
-    try:
-        pcm = load_audio(row["path"], sample_rate=row["sample_rate"])
-        out["pcm"], out["num_samples"] = pcm.astype("<f4").tobytes(), int(pcm.shape[0])
-    except Exception as error:  # any bad file becomes an error row, never a failed job
-        out["error"] = _reason(error)
-    return out
 
 
 def _reason(error: BaseException) -> str:
@@ -70,6 +77,43 @@ def duration_groups(lengths: Sequence[int], budget_samples: int) -> list[list[in
     return groups
 
 
+def encode_files(
+    codec: Codec, pcms: Sequence[Pcm | None], errors: list[str], budget_samples: int
+) -> list[TokenGrid | None]:
+    """Encode the good files of a batch (`pcms[i]` not None, `errors[i]` empty) with `Codec.encode_batch`, in the
+    `duration_groups` of `budget_samples` (0: one file per call, exactly `Codec.encode`). A file whose encode
+    fails gets its reason in `errors` and no grid; one bad file costs only itself."""
+    grids: list[TokenGrid | None] = [None] * len(pcms)
+    good = [i for i, pcm in enumerate(pcms) if pcm is not None and not errors[i]]
+    signals: dict[int, Pcm] = {i: pcm for i in good if (pcm := pcms[i]) is not None}
+    for group in duration_groups([len(signals[i]) for i in good], budget_samples):
+        for index, grid in _encode(codec, [good[g] for g in group], signals, errors):
+            grids[index] = grid
+    return grids
+
+
+def _encode(
+    codec: Codec, members: list[int], pcms: dict[int, Pcm], errors: list[str]
+) -> Iterator[tuple[int, TokenGrid]]:
+    try:
+        yield from zip(members, codec.encode_batch([pcms[i] for i in members]))
+        return
+    except Exception as error:  # retry one by one so that one bad file costs only itself
+        if len(members) == 1:
+            errors[members[0]] = f"encoding failed: {_reason(error)}"
+            return
+    for index in members:
+        yield from _encode(codec, [index], pcms, errors)
+
+
+def check_weights(codec: Codec, weights_sha256: str) -> None:
+    if codec.weights_sha256 != weights_sha256:
+        raise CorpusError(
+            f"the encoder loaded weights {codec.weights_sha256[:16]}…, the driver planned "
+            f"{weights_sha256[:16]}…; every node needs the same weights file"
+        )
+
+
 class Encoder:
     """Ray actor: holds one Codec (loaded once per actor) and encodes batches of decoded files."""
 
@@ -77,45 +121,21 @@ class Encoder:
         self, weights: str, revision: str | None, options: EngineOptions, batch_seconds: float, weights_sha256: str
     ) -> None:
         self.codec = Codec.load(weights, options, revision=revision)
-        if self.codec.weights_sha256 != weights_sha256:
-            raise CorpusError(
-                f"the encoder on this node loaded weights {self.codec.weights_sha256[:16]}…, the "
-                f"driver planned {weights_sha256[:16]}…; every node needs the same weights file"
-            )
+        check_weights(self.codec, weights_sha256)
         self.budget = round(batch_seconds * self.codec.sample_rate)
 
     def __call__(self, batch: Batch) -> Batch:
         count = len(batch["id"])
         errors = [str(e) for e in batch["error"]]
-        codes: list[bytes] = [b""] * count
-        frames = np.zeros(count, dtype=np.int32)
-        good = [i for i in range(count) if not errors[i]]
-        pcms = {i: np.frombuffer(batch["pcm"][i], dtype="<f4") for i in good}
-        for group in duration_groups([len(pcms[i]) for i in good], self.budget):
-            members = [good[g] for g in group]
-            for index, grid in self._encode(members, pcms, errors):
-                codes[index] = grid.codes.astype("<u2").tobytes()
-                frames[index] = grid.num_frames
+        pcms = [None if errors[i] else np.frombuffer(batch["pcm"][i], dtype="<f4") for i in range(count)]
+        grids = encode_files(self.codec, pcms, errors, self.budget)
         return {
             "unit": np.asarray(batch["unit"]),
             "position": np.asarray(batch["position"]),
             "id": np.asarray(batch["id"], dtype=object),
             "path": np.asarray(batch["path"], dtype=object),
             "num_samples": np.asarray(batch["num_samples"], dtype=np.int64),
-            "num_frames": frames,
-            "codes": np.asarray(codes, dtype=object),
+            "num_frames": np.asarray([0 if g is None else g.num_frames for g in grids], dtype=np.int32),
+            "codes": np.asarray([b"" if g is None else g.codes.astype("<u2").tobytes() for g in grids], dtype=object),
             "error": np.asarray(errors, dtype=object),
         }
-
-    def _encode(
-        self, members: list[int], pcms: dict[int, NDArray[np.float32]], errors: list[str]
-    ) -> Iterator[tuple[int, TokenGrid]]:
-        try:
-            yield from zip(members, self.codec.encode_batch([pcms[i] for i in members]))
-            return
-        except Exception as error:  # retry one by one so that one bad file costs only itself
-            if len(members) == 1:
-                errors[members[0]] = f"encoding failed: {_reason(error)}"
-                return
-        for index in members:
-            yield from self._encode([index], pcms, errors)
