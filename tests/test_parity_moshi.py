@@ -82,10 +82,10 @@ def test_decoded_audio_matches_moshi(moshi_model, codec: Codec, speech: list[Pat
 
 @pytest.fixture(scope="module")
 def long_speech(speech: list[Path]) -> np.ndarray:
-    """12 s of speech (the two longest clips back to back): past the transformers' 250-step (10 s) context, where
-    the caches matter (moshi's ring then drops one key per frame)."""
+    """10.56 s of speech (the two longest clips back to back): 7 frames past the transformers' 250-step (10 s,
+    125-frame) context, where the caches matter (moshi's ring then drops one key per frame)."""
     longest = sorted((load_audio(p) for p in speech), key=len)[-2:]
-    return np.concatenate(longest)[: 150 * FRAME]
+    return np.concatenate(longest)[: 132 * FRAME]
 
 
 def test_streaming_identical_to_moshi_streaming(moshi_model, codec: Codec, long_speech: np.ndarray) -> None:

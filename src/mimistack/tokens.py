@@ -17,14 +17,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import mimifile
-from .config import CODEBOOK_SIZE, FRAME_RATE, NUM_LEVELS, SAMPLE_RATE
+from .config import CODEBOOK_SIZE, FRAME_RATE, SAMPLE_RATE
 from .errors import MimistackError
 from .levels import Levels, LevelsLike
 from .mimifile import DEFAULT_MAX_TOKENS, Coding, ContainerError, Layout, MimiRecord, TruncatedFileWarning
 from .mimifile.level_major import Decoded
 from .mimifile.readwrite import read_bytes
 
-__all__ = ["TokenGrid", "TokenGridError", "empty_grid", "grid_from_bytes", "grid_to_bytes", "read_grid", "write_grid"]
+__all__ = ["TokenGrid", "TokenGridError", "grid_from_bytes", "grid_to_bytes", "read_grid", "write_grid"]
 
 
 class TokenGridError(MimistackError, ValueError):
@@ -178,10 +178,6 @@ class TokenGrid:
     def to_record(self) -> MimiRecord:
         """What a `.mimi` file of this grid holds."""
         return mimifile.to_record(self)
-
-
-def empty_grid(num_levels: int = NUM_LEVELS, **kwargs: Any) -> TokenGrid:
-    return TokenGrid(codes=np.zeros((num_levels, 0), dtype=np.uint16), num_samples=0, **kwargs)
 
 
 # -- `.mimi` helpers that return TokenGrids (re-exported by `mimistack.container`, the 0.1 import path) -------------

@@ -52,7 +52,7 @@ class LocalRunner:
         decoders = max(1, min(4, cpus - 1)) if work.gpu else 1
         # The first files decode while the model loads.
         with _torch_threads_restored(options), decoded_ahead(work.rows(), decoders, max(2, window)) as decoded:
-            codec = Codec.load(work.weights, options, revision=work.revision)
+            codec = Codec.load(work.ref or work.weights, options, revision=work.revision)
             check_weights(codec, work.identity.sha256)
             budget = round(budget_seconds * codec.sample_rate)
             with sink:

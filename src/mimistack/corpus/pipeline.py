@@ -95,17 +95,21 @@ def engine_options(engine: str, device: str, dtype: TorchDtype, onnx_dir: str | 
     raise CorpusError(f"unknown engine {engine!r}; expected 'auto', 'torch' or 'onnx'")
 
 
-def _weights_identity(weights: str, revision: str | None, options: EngineOptions) -> WeightsIdentity:
+def _weights_identity(
+    weights: str, revision: str | None, options: EngineOptions
+) -> tuple[WeightsIdentity, WeightsRef | None]:
     """What every row records about the model, found without building it (the torch engine) or on CPU (ONNX)."""
+    ref: WeightsRef | None = None
     if isinstance(options, OnnxOptions):
         codec = Codec.load(weights, OnnxOptions(onnx_dir=options.onnx_dir), revision=revision)
-        config, sha256 = codec.config, codec.weights_sha256
+        config, sha256, ref = codec.config, codec.weights_sha256, codec.weights
     else:
         ref = WeightsRef.resolve(random_weights_path(weights) if weights in RANDOM_WEIGHTS else weights, revision)
         config, sha256 = ref.config, ref.sha256
-    return WeightsIdentity(
+    identity = WeightsIdentity(
         sha256, config.num_levels, config.sample_rate, config.frame_rate, config.frame_size, config.codebook_size
     )
+    return identity, ref
 
 
 def choose_runner(
@@ -179,7 +183,7 @@ def tokenize_corpus(
         raise CorpusError(f"batch_seconds must be >= 0, got {batch_seconds}")
     chosen = choose_runner(runner, address, num_cpus, encoders, threads)
     items = collect_inputs(inputs)
-    identity = _weights_identity(weights, revision, options)
+    identity, ref = _weights_identity(weights, revision, options)
     prepare_output(folder)
     with FolderLock(folder):
         clean_temporaries(folder)
@@ -197,7 +201,7 @@ def tokenize_corpus(
             len(done),
             len(pending),
         )
-        work = Work(plan, pending, identity, weights, revision, options, batch_seconds)
+        work = Work(plan, pending, identity, weights, revision, options, batch_seconds, ref)
         sink = UnitSink(work, folder, progress, skipped, started)
         if pending:
             if weights in RANDOM_WEIGHTS and address:

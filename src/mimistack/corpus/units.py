@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Protocol
 
 from ..engine.options import EngineOptions
+from ..weights import WeightsRef
 from .errors import CorpusError
 from .layout import Plan, WeightsIdentity
 from .progress import TokenizeProgress
@@ -47,6 +48,8 @@ class Work:
     options: EngineOptions
     batch_seconds: float | None
     """Padded audio seconds per encode call; None: the device's default (`batch_seconds_for_device`)."""
+    ref: WeightsRef | None = None
+    """The weights as the plan resolved them (path and sha256), for an in-process runner: not hashed again."""
 
     @property
     def gpu(self) -> bool:
