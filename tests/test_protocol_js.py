@@ -1,6 +1,6 @@
-"""The TypeScript mirror of the streaming protocol (`web/src/protocol.ts`) against the Python one (`mimistack.stream`).
+"""The TypeScript mirror of the streaming protocol (`web/src/client/protocol.ts`) against the Python one (`mimistack.stream`).
 
-`web/src/protocol.ts` is compiled with tsc (strict, the flags a Vite app uses) and driven in Node by
+`web/src/client/protocol.ts` is compiled with tsc (strict, the flags a Vite app uses) and driven in Node by
 `tests/js_protocol/run.mjs`: every message kind round-trips in JS; bytes Python writes decode in JS to the same
 fields and re-encode to the same bytes, and the other way round; both reject the same malformed bytes with the same
 error code; both plan the same levels for a bandwidth. Needs node and `npm ci --prefix tests/js_protocol`.
@@ -69,14 +69,14 @@ def protocol_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"TypeScript is not installed for the protocol tests: run npm ci --prefix {HARNESS}")
     out = tmp_path_factory.mktemp("protocol-js")
     result = subprocess.run(
-        [node, str(TSC), str(REPO / "web" / "src" / "protocol.ts"), "--outDir", str(out), *TSC_FLAGS],
+        [node, str(TSC), str(REPO / "web" / "src" / "client" / "protocol.ts"), "--outDir", str(out), *TSC_FLAGS],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, f"tsc failed on web/src/protocol.ts:\n{result.stdout}{result.stderr}"
+    assert result.returncode == 0, f"tsc failed on web/src/client/protocol.ts:\n{result.stdout}{result.stderr}"
     (out / "package.json").write_text('{"type": "module"}\n')
-    return out / "protocol.js"
+    return out / "client" / "protocol.js"  # tsc keeps the layout below web/src (it also compiles ../packing.ts)
 
 
 def _node(protocol_js: Path, command: str, payload: Any, tmp_path: Path) -> Any:
@@ -125,7 +125,7 @@ def from_json(data: dict[str, Any]) -> stream.Message:
 
 
 def test_json_field_names_match_the_typescript_interfaces() -> None:
-    source = (REPO / "web" / "src" / "protocol.ts").read_text()
+    source = (REPO / "web" / "src" / "client" / "protocol.ts").read_text()
     for cls in (Hello, Feedback, Bandwidth, End, ErrorMessage):
         interface = re.search(rf"export interface {cls.__name__} \{{(.*?)\n\}}", source, re.S)
         assert interface, f"no interface {cls.__name__} in protocol.ts"

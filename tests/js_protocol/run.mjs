@@ -1,4 +1,4 @@
-// Drives web/src/protocol.ts (compiled by tsc) for tests/test_protocol_js.py.
+// Drives web/src/client/protocol.ts (compiled by tsc) for tests/test_protocol_js.py.
 //
 //   node run.mjs PROTOCOL_JS COMMAND INPUT_JSON OUTPUT_JSON
 //

@@ -2,7 +2,7 @@
 
 Transport layer. Sits on `codec` (`Codec.stream_encoder()` / `stream_decoder()`), `levels`, `container`
 (`pack_tokens`, `FrameStreamWriter` for the received `.mimi`) and `audio` (`iter_audio`); used by `cli.stream`
-(`mimistack stream send|receive`), `bench/bench_stream.py`, and mirrored for the browser by `web/src/protocol.ts`.
+(`mimistack stream send|receive`), `bench/bench_stream.py`, and mirrored for the browser by `web/src/client/protocol.ts`.
 
 Modules, bottom to top:
 

@@ -2,7 +2,7 @@
 
 Sits on `protocol` (kinds, limits, errors) and `container` (`pack_tokens`, `unpack_tokens`, `bits_per_token`); used
 by `session`, `receiver`, `sender`, `simulate`, `rate` (`Feedback`, `FRAME_HEADER_BYTES`) and `net`, and mirrored
-operation for operation by `web/src/protocol.ts` (checked by `tests/test_protocol_js.py`). Anything malformed
+operation for operation by `web/src/client/protocol.ts` (checked by `tests/test_protocol_js.py`). Anything malformed
 raises `ProtocolError` and nothing else, so a peer's bytes can never end a session with another exception.
 """
 

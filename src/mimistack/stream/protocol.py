@@ -2,7 +2,7 @@
 the errors a session can end with.
 
 The bottom of `stream/`: sits on `errors` and `engine.base` (`CacheMode`); used by every other module of the
-package (`messages` first) and by `cli.stream`. Mirrored for the browser by `web/src/protocol.ts`.
+package (`messages` first) and by `cli.stream`. Mirrored for the browser by `web/src/client/protocol.ts`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ bandwidth estimates a sender plans with.
 
 Sits on `messages` (`Feedback`, `FRAME_HEADER_BYTES`) and `protocol` (`RateControl`); used by `sender` (plans every
 frame), `simulate` (the link follows a `BandwidthSchedule`), `cli.stream` (`--bitrate`, `--schedule`, `--feedback`) and
-`bench/bench_stream.py`. `plan_frames` is mirrored by `planFrames` in `web/src/protocol.ts`.
+`bench/bench_stream.py`. `plan_frames` is mirrored by `planFrames` in `web/src/client/protocol.ts`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def plan_frames(
     costs `8 * overhead_bytes + n * L * bits_per_token`. The smallest n (1..max_frames_per_message) that fits at
     least one level is chosen, then the largest L (capped at max_levels). When even the largest batch cannot
     carry level 0, level 0 is sent anyway in the largest batch (the link is then oversubscribed). Mirrored by
-    `planFrames` in web/src/protocol.ts, operation for operation, so both give the same plan.
+    `planFrames` in web/src/client/protocol.ts, operation for operation, so both give the same plan.
     """
     if not math.isfinite(bandwidth_bps):
         raise ValueError(f"bandwidth must be a finite number of bits per second, got {bandwidth_bps}")

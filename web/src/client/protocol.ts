@@ -14,7 +14,7 @@
  * `firstFrame + j` is `tokens[j * levelCount + k]` (see `frameToken`).
  */
 
-import { packTokens, paddingIsZero, unpackTokens } from "./packing.js";
+import { packTokens, paddingIsZero, unpackTokens } from "../packing.js";
 
 export const PROTOCOL_VERSION = 1;
 /** Bytes of a FRAME message before its tokens: the per-message overhead that `planFrames` budgets for. */
