@@ -1,4 +1,5 @@
-"""The TypeScript mirror of the streaming protocol (`web/src/client/protocol.ts`) against the Python one (`mimistack.stream`).
+"""The TypeScript mirror of the streaming protocol (`web/src/client/protocol.ts`) against the Python one
+(`mimistack.stream`).
 
 `web/src/client/protocol.ts` is compiled with tsc (strict, the flags a Vite app uses) and driven in Node by
 `tests/js_protocol/run.mjs`: every message kind round-trips in JS; bytes Python writes decode in JS to the same

@@ -1,8 +1,9 @@
 """Progressive, bandwidth-adaptive streaming of Mimi tokens over WebSocket (spec: `docs/protocol.md`).
 
-Transport layer. Sits on `codec` (`Codec.stream_encoder()` / `stream_decoder()`), `levels`, `container`
+Transport layer. Sits on `codec` (`Codec.stream_encoder()` / `stream_decoder()`), `levels`, `mimifile`
 (`pack_tokens`, `FrameStreamWriter` for the received `.mimi`) and `audio` (`iter_audio`); used by `cli.stream`
-(`mimistack stream send|receive`), `bench/bench_stream.py`, and mirrored for the browser by `web/src/client/protocol.ts`.
+(`mimistack stream send|receive`), `bench/bench_stream.py`, and mirrored for the browser by
+`web/src/client/protocol.ts`.
 
 Modules, bottom to top:
 
