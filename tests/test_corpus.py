@@ -17,25 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
-import soxr
 
 pytest.importorskip("ray", reason="corpus tests need Ray Data: pip install 'mimistack[corpus]'")
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402 - after the importorskip that names the extra
 
+from corpus_checks import check_errors_table, check_rerun_skips_everything, write_audio_dir  # noqa: E402
 from mimistack import corpus  # noqa: E402
 from mimistack.audio import load_audio  # noqa: E402
 from mimistack.cli import main  # noqa: E402
 from mimistack.codec import Codec  # noqa: E402
 from mimistack.corpus import CorpusError, collect_inputs, export_flat, iter_flat, tokenize_corpus  # noqa: E402
 from mimistack.testing import write_random_checkpoint  # noqa: E402
-
-GOOD = (
-    "real_sense_and_sensibility_01_austen_64kb-0880.wav",
-    "real_sense_and_sensibility_01_austen_64kb-0890.wav",
-    "flite_awb.wav",
-)
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +45,7 @@ def ray_cluster() -> object:
 
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory, speech: list[Path]) -> Path:
-    """Three speech files (one as 16 kHz FLAC in a subfolder), plus a corrupt WAV, an empty WAV, a text file with an
-    audio suffix and a .txt file that a folder scan must ignore."""
-    by_name = {p.name: p for p in speech}
-    folder = tmp_path_factory.mktemp("audio")
-    (folder / "a.wav").write_bytes(by_name[GOOD[0]].read_bytes())
-    (folder / "b.wav").write_bytes(by_name[GOOD[1]].read_bytes())
-    (folder / "sub").mkdir()
-    pcm, rate = soundfile.read(by_name[GOOD[2]], dtype="float32")
-    soundfile.write(folder / "sub" / "c.flac", soxr.resample(pcm, rate, 16_000), 16_000)
-    (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
-    soundfile.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), 24_000)
-    (folder / "notes.mp3").write_text("this is text, not audio\n" * 20)
-    (folder / "readme.txt").write_text("not an audio suffix: a folder scan skips this file\n")
-    return folder
+    return write_audio_dir(tmp_path_factory.mktemp("audio"), speech)
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +149,11 @@ def test_shards_follow_the_documented_schema(tokenized: Path, tiny_codec: Codec)
 
 
 def test_bad_files_are_in_the_errors_table_with_reasons(tokenized: Path) -> None:
-    errors = {e["id"]: e for e in map(json.loads, (tokenized / "errors.jsonl").read_text().splitlines())}
-    assert set(errors) == {"corrupt", "empty", "notes"}, "readme.txt is not an audio file: never picked up"
-    assert "not a readable audio file" in errors["corrupt"]["reason"]
-    assert "no audio samples" in errors["empty"]["reason"]
-    assert "not a readable audio file" in errors["notes"]["reason"]
-    assert errors["notes"]["path"].endswith("notes.mp3")
-    assert {e["id"] for e in corpus.open(tokenized).errors()} == set(errors)
+    check_errors_table(tokenized)
 
 
 def test_rerun_skips_everything(tokenized: Path, audio_dir: Path, tiny_checkpoint: Path) -> None:
-    before = {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()}
-    result = tokenize_corpus(audio_dir, tokenized, tiny_checkpoint, runner="ray")
-    assert (result.files_planned, result.files_skipped, result.files_processed) == (6, 6, 0)
-    assert {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()} == before
-    assert result.manifest["complete"] is True
+    check_rerun_skips_everything(tokenized, audio_dir, tiny_checkpoint, "ray")
 
 
 def test_sigkill_mid_run_then_resume_gives_every_row_once(

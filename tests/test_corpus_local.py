@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
-import soxr
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402 - after the importorskip that names the extra
 
+from corpus_checks import COLUMNS, check_errors_table, check_rerun_skips_everything, write_audio_dir  # noqa: E402
 from mimistack import corpus  # noqa: E402
 from mimistack.audio import load_audio  # noqa: E402
 from mimistack.cli import main  # noqa: E402
@@ -36,38 +35,10 @@ from mimistack.engine.options import TorchOptions  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
-GOOD = (
-    "real_sense_and_sensibility_01_austen_64kb-0880.wav",
-    "real_sense_and_sensibility_01_austen_64kb-0890.wav",
-    "flite_awb.wav",
-)
-COLUMNS = [
-    "id",
-    "source_path",
-    "duration_s",
-    "num_samples",
-    "num_frames",
-    "codes",
-    "weights_sha256",
-    "mimistack_version",
-]
-
 
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory, speech: list[Path]) -> Path:
-    """Three speech files (one as 16 kHz FLAC in a subfolder), a corrupt WAV, an empty WAV and a text file with an
-    audio suffix (as test_corpus.py's folder)."""
-    by_name = {p.name: p for p in speech}
-    folder = tmp_path_factory.mktemp("audio")
-    (folder / "a.wav").write_bytes(by_name[GOOD[0]].read_bytes())
-    (folder / "b.wav").write_bytes(by_name[GOOD[1]].read_bytes())
-    (folder / "sub").mkdir()
-    pcm, rate = soundfile.read(by_name[GOOD[2]], dtype="float32")
-    soundfile.write(folder / "sub" / "c.flac", soxr.resample(pcm, rate, 16_000), 16_000)
-    (folder / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
-    soundfile.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), 24_000)
-    (folder / "notes.mp3").write_text("this is text, not audio\n" * 20)
-    return folder
+    return write_audio_dir(tmp_path_factory.mktemp("audio"), speech)
 
 
 def good_files(audio_dir: Path) -> dict[str, Path]:
@@ -175,21 +146,11 @@ def test_local_run_writes_the_documented_shards_and_manifest(
 
 
 def test_bad_files_are_in_the_errors_table_with_reasons(tokenized: Path) -> None:
-    errors = {e["id"]: e for e in map(json.loads, (tokenized / "errors.jsonl").read_text().splitlines())}
-    assert set(errors) == {"corrupt", "empty", "notes"}
-    assert "not a readable audio file" in errors["corrupt"]["reason"]
-    assert "no audio samples" in errors["empty"]["reason"]
-    assert "not a readable audio file" in errors["notes"]["reason"]
-    assert errors["notes"]["path"].endswith("notes.mp3")
-    assert {e["id"] for e in corpus.open(tokenized).errors()} == set(errors)
+    check_errors_table(tokenized)
 
 
 def test_rerun_skips_everything(tokenized: Path, audio_dir: Path, tiny_checkpoint: Path) -> None:
-    before = {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()}
-    result = tokenize_corpus(audio_dir, tokenized, tiny_checkpoint, runner="local")
-    assert (result.files_planned, result.files_skipped, result.files_processed) == (6, 6, 0)
-    assert {p.name: p.stat().st_mtime_ns for p in (tokenized / "shards").iterdir()} == before
-    assert result.manifest["complete"] is True
+    check_rerun_skips_everything(tokenized, audio_dir, tiny_checkpoint, "local")
 
 
 def test_codec_runs_on_every_cpu_and_the_thread_count_is_restored(

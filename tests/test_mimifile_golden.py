@@ -24,34 +24,10 @@ import pytest
 
 from mimistack import mimifile
 from mimistack.tokens import TokenGrid, grid_from_bytes, grid_to_bytes
+from ts_harness import HARNESS, TSC, TSC_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "data" / "golden"
-HARNESS = REPO / "tests" / "js_protocol"
-TSC = HARNESS / "node_modules" / "typescript" / "bin" / "tsc"
-# The protocol tests' flags less --noUncheckedIndexedAccess: mimi-format.ts imports grid.ts, which is written for
-# web/tsconfig.json (which does not set it).
-TSC_FLAGS = [
-    "--target",
-    "ES2022",
-    "--module",
-    "ES2022",
-    "--moduleResolution",
-    "bundler",
-    "--lib",
-    "ES2022,DOM",
-    "--strict",
-    "--noUnusedLocals",
-    "--noUnusedParameters",
-    "--noImplicitReturns",
-    "--noFallthroughCasesInSwitch",
-    "--exactOptionalPropertyTypes",
-    "--erasableSyntaxOnly",
-    "--verbatimModuleSyntax",
-    "--isolatedModules",
-    "--noImplicitOverride",
-    "--skipLibCheck",
-]
 INDEX = json.loads((GOLDEN / "index.json").read_text())["goldens"]
 IDS = [entry["file"] for entry in INDEX]
 

@@ -33,32 +33,9 @@ from mimistack.stream import (
     decode_message,
     plan_frames,
 )
+from ts_harness import HARNESS, TSC, TSC_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
-HARNESS = REPO / "tests" / "js_protocol"
-TSC = HARNESS / "node_modules" / "typescript" / "bin" / "tsc"
-TSC_FLAGS = [
-    "--target",
-    "ES2022",
-    "--module",
-    "ES2022",
-    "--moduleResolution",
-    "bundler",
-    "--lib",
-    "ES2022,DOM",
-    "--strict",
-    "--noUnusedLocals",
-    "--noUnusedParameters",
-    "--noImplicitReturns",
-    "--noFallthroughCasesInSwitch",
-    "--noUncheckedIndexedAccess",
-    "--exactOptionalPropertyTypes",
-    "--erasableSyntaxOnly",
-    "--verbatimModuleSyntax",
-    "--isolatedModules",
-    "--noImplicitOverride",
-    "--skipLibCheck",
-]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +47,15 @@ def protocol_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"TypeScript is not installed for the protocol tests: run npm ci --prefix {HARNESS}")
     out = tmp_path_factory.mktemp("protocol-js")
     result = subprocess.run(
-        [node, str(TSC), str(REPO / "web" / "src" / "client" / "protocol.ts"), "--outDir", str(out), *TSC_FLAGS],
+        [
+            node,
+            str(TSC),
+            str(REPO / "web" / "src" / "client" / "protocol.ts"),
+            "--outDir",
+            str(out),
+            *TSC_FLAGS,
+            "--noUncheckedIndexedAccess",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
