@@ -36,7 +36,8 @@ def test_encode_info_decode_round_trip(
     code, out, _ = run(capsys, "info", str(tokens))
     assert code == 0 and "levels present: 0-31 of 32" in out
     level_rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
-    assert [int(row[0]) for row in level_rows if len(row) == 4] == list(range(32))  # level, bytes, bit/s, total
+    # level, bytes, bit/s, cumulative, entropy-coded bit/s
+    assert [int(row[0]) for row in level_rows if len(row) == 5] == list(range(32))
     code, out, _ = run(capsys, "info", str(tokens), "--json")
     assert json.loads(out)["num_frames"] == grid.num_frames
 

@@ -1,5 +1,6 @@
 """Per-level unigram token statistics over a set of grids: codebook usage, entropy and perplexity (`LevelStats`),
-and the rule for which grids may be pooled or combined at all (`check_same_weights`).
+the rule for which grids may be pooled or combined at all (`check_same_weights`), and the token-level comparison
+of two grids (`token_agreement`, `token_edit_distance`).
 
 Sits on `tokens` (`TokenGrid`) and `errors`; below both users of the statistics: `ops` (random anonymization draws
 from them, and its surgery applies the same pooling rule) and `analysis` (the `mimistack stats` report). Both
@@ -23,7 +24,15 @@ from .tokens import TokenGrid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LevelStats", "OpsError", "check_same_weights", "level_stats"]
+__all__ = [
+    "LevelStats",
+    "OpsError",
+    "check_same_weights",
+    "edit_distance",
+    "level_stats",
+    "token_agreement",
+    "token_edit_distance",
+]
 
 
 class OpsError(MimistackError, ValueError):
@@ -146,3 +155,54 @@ class LevelStats:
 def level_stats(grids: Sequence[TokenGrid], *, force: bool = False) -> LevelStats:
     """Per-level codebook usage, entropy and perplexity over `grids` (see `LevelStats`)."""
     return LevelStats.from_grids(grids, force=force)
+
+
+# -- token-level comparison of two grids ---------------------------------------------------------------------------
+def _shared_levels(a: TokenGrid, b: TokenGrid) -> tuple[int, ...]:
+    if a.num_levels != b.num_levels or a.codebook_size != b.codebook_size:
+        raise OpsError(
+            f"grids of {a.num_levels} levels x {a.codebook_size} entries and {b.num_levels} x {b.codebook_size} "
+            "cannot be compared token by token"
+        )
+    return tuple(sorted(set(a.present) & set(b.present)))
+
+
+def token_agreement(a: TokenGrid, b: TokenGrid) -> dict[int, float]:
+    """Per level present in both grids: the fraction of frames whose tokens are equal, frame t against frame t.
+
+    Frames one grid has and the other lacks count as disagreements (so grids of different lengths agree < 1)."""
+    out = {}
+    for level in _shared_levels(a, b):
+        frames = max(a.num_frames, b.num_frames)
+        common = min(a.num_frames, b.num_frames)
+        same = int(np.count_nonzero(a.codes[level, :common] == b.codes[level, :common]))
+        out[level] = same / frames if frames else 1.0
+    return out
+
+
+def edit_distance(x: NDArray[np.integer], y: NDArray[np.integer]) -> int:
+    """Levenshtein distance between two token sequences (insertions, deletions and substitutions cost 1).
+
+    One numpy pass per token of `x`: the insertion chain along a row is a running minimum of `row - j` (+ j)."""
+    n = int(y.shape[0])
+    index = np.arange(n + 1)
+    previous = index.copy()
+    for i, token in enumerate(x, start=1):
+        substitution = previous[:-1] + (y != token)
+        best = np.empty(n + 1, dtype=np.int64)
+        best[0] = i
+        best[1:] = np.minimum(previous[1:] + 1, substitution)
+        previous = np.minimum.accumulate(best - index) + index
+    return int(previous[-1])
+
+
+def token_edit_distance(a: TokenGrid, b: TokenGrid) -> dict[int, float]:
+    """Per level present in both grids: the Levenshtein distance between the two token rows, divided by the longer
+    row's length (0: identical; a token inserted or dropped costs 1, not a shift of everything after it, which is
+    what `token_agreement` would count)."""
+    out = {}
+    for level in _shared_levels(a, b):
+        longest = max(a.num_frames, b.num_frames)
+        distance = edit_distance(a.codes[level].astype(np.int64), b.codes[level].astype(np.int64))
+        out[level] = distance / longest if longest else 0.0
+    return out

@@ -79,9 +79,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..levels import format_levels
     from ..mimifile import describe
 
-    info = describe(check_input(args.input))
+    source = check_input(args.input)
+    info = describe(source)
+    needed = _entropy_coded_bitrates(source)
     if args.json:
-        print(json.dumps(jsonable(info), indent=2))
+        report = jsonable(info)
+        assert isinstance(report, dict)
+        report["entropy_coded_bitrate"] = {str(level): round(bps, 3) for level, bps in needed.items()}
+        print(json.dumps(report, indent=2))
         return 0
     print(f"{info.path}: .mimi v{info.version}, {info.layout}, {info.coding}")
     print(f"  {info.num_frames} frames, {info.duration:.2f} s at {info.sample_rate} Hz, {info.frame_rate:g} frames/s")
@@ -92,12 +97,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"  weights sha256: {info.weights_sha256 or 'unknown'}")
     print(f"  size: {info.total_bytes} bytes (header {info.header_bytes}), {info.bitrate:.1f} bit/s overall")
     if info.levels:
-        print("  level  bytes     bit/s   cumulative bit/s")
+        print("  level     bytes    bit/s  cumulative bit/s  entropy-coded bit/s")
         cumulative = 0.0
         for level in info.levels:
             cumulative += level.bitrate
-            print(f"  {level.level:>5}  {level.bytes:>8}  {level.bitrate:>7.1f}  {cumulative:>8.1f}")
+            coded = needed.get(level.level)
+            column = f"  {coded:>19.1f}" if coded is not None else ""
+            print(f"  {level.level:>5}  {level.bytes:>8}  {level.bitrate:>7.1f}  {cumulative:>16.1f}{column}")
+        print("  (entropy-coded: what the adaptive range coder needs for this file's tokens; nominal 137.5 bit/s)")
     return 0
+
+
+def _entropy_coded_bitrates(source: Path) -> dict[int, float]:
+    """Per level: the bits per second the adaptive range coder needs for this file's tokens (`measure_coding`)."""
+    import warnings
+
+    from ..mimifile import TruncatedFileWarning, measure_coding
+    from ..tokens import TokenGrid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncatedFileWarning)  # `describe` has said so already
+        grid = TokenGrid.load(source)
+    if grid.num_frames == 0:
+        return {}
+    measured = measure_coding([grid])
+    return {
+        level: bits * grid.frame_rate
+        for level, bits in zip(measured.levels, measured.range_bits_per_token, strict=True)
+    }
 
 
 def cmd_truncate(args: argparse.Namespace) -> int:
