@@ -23,6 +23,7 @@ from .levels import Levels, LevelsLike
 from .mimifile import DEFAULT_MAX_TOKENS, Coding, ContainerError, Layout, MimiRecord, TruncatedFileWarning
 from .mimifile.level_major import Decoded
 from .mimifile.readwrite import read_bytes
+from .mimifile.record import keep_levels
 
 __all__ = ["TokenGrid", "TokenGridError", "grid_from_bytes", "grid_to_bytes", "read_grid", "write_grid"]
 
@@ -122,11 +123,8 @@ class TokenGrid:
 
     def with_levels(self, levels: LevelsLike) -> TokenGrid:
         """Keep only `levels`: the other rows are zeroed and marked absent."""
-        selected = self.check_levels(levels)
-        codes = np.zeros_like(self.codes)
-        keep = list(selected)
-        codes[keep] = self.codes[keep]
-        return self.replace(codes=codes, levels_present=tuple(keep))
+        codes, present = keep_levels(self.codes, self.check_levels(levels))
+        return self.replace(codes=codes, levels_present=present)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TokenGrid):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -158,10 +158,8 @@ class MimiRecord:
                 f"level(s) {missing} are not in this grid (it holds "
                 f"{Levels(self.levels_present, self.num_levels)}); the file may have been truncated"
             )
-        codes = np.zeros_like(self.codes)
-        keep = list(selected)
-        codes[keep] = self.codes[keep]
-        return dataclasses.replace(self, codes=codes, levels_present=tuple(keep))
+        codes, present = keep_levels(self.codes, selected)
+        return dataclasses.replace(self, codes=codes, levels_present=present)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MimiRecord):
@@ -213,3 +211,12 @@ def check_metadata(value: object, where: str = "metadata") -> None:
             raise ContainerError(f"{where} is {value}; JSON has no NaN or infinity")
     elif not (value is None or isinstance(value, (str, int, bool))):
         raise ContainerError(f"{where} is a {type(value).__name__}, which JSON cannot store")
+
+
+def keep_levels(codes: NDArray[Any], levels: Levels) -> tuple[NDArray[Any], tuple[int, ...]]:
+    """`codes [K, T]` with every row outside `levels` zeroed, and the rows kept: how a record or a grid drops levels
+    (zeroed rows are marked absent, never decoded)."""
+    kept = np.zeros_like(codes)
+    rows = list(levels)
+    kept[rows] = codes[rows]
+    return kept, tuple(rows)
