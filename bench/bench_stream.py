@@ -27,7 +27,7 @@ import numpy as np
 
 from mimistack import stream
 from mimistack.codec import Codec
-from mimistack.engine.options import TorchOptions
+from mimistack.engine.options import OnnxOptions, TorchOptions
 from mimistack.testing import synthetic_signal
 
 
@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay", type=float, default=3.0, help="receiver's concealment deadline (s)")
     parser.add_argument("--weights", default="random", help="'random' (official size), 'random-tiny', or a file")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="auto (default): what `mimistack stream` picks, ONNX Runtime on a CPU and torch on CUDA",
+    )
     parser.add_argument("--input", default=None, help="an audio file (default: synthetic speech-like signal)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -60,7 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pcm = synthetic_signal(seconds, seed=args.seed)
     started = time.perf_counter()
-    codec = Codec.load(args.weights, engine=TorchOptions(device=args.device))
+    engine = args.engine if args.engine != "auto" else ("onnx" if args.device == "cpu" else "torch")
+    if engine == "onnx":
+        from mimistack.engine.ort_session import prefer_shared_thread_pool
+
+        prefer_shared_thread_pool()  # what the CLI does for streaming commands
+        options: TorchOptions | OnnxOptions = OnnxOptions(device=args.device)
+    else:
+        options = TorchOptions(device=args.device)
+    codec = Codec.load(args.weights, engine=options)
     load_seconds = time.perf_counter() - started
     speed = _compute_speed(codec)
     print(

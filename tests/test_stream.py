@@ -810,7 +810,11 @@ def _wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise AssertionError(f"nothing listens on port {port}")
 
 
-def test_cli_send_and_receive(tmp_path: Path, codec: Codec, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_send_and_receive(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_onnx_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both commands on their default engine, ONNX Runtime on a CPU (the session's export of these weights is in
+    the cache, as a user's first run would leave it)."""
     from mimistack.audio import load_audio, save_audio
 
     source = tmp_path / "in.wav"
@@ -832,7 +836,7 @@ def test_cli_send_and_receive(tmp_path: Path, codec: Codec, capsys: pytest.Captu
                     "--mimi",
                     str(mimi),
                     "--weights",
-                    "random-tiny",
+                    str(tiny_checkpoint),
                     "--idle-timeout",
                     "20",
                 ]
@@ -842,7 +846,7 @@ def test_cli_send_and_receive(tmp_path: Path, codec: Codec, capsys: pytest.Captu
     receiving.start()
     _wait_for_port(port)
     status["send"] = main(
-        ["stream", "send", str(source), f"ws://127.0.0.1:{port}", "--bitrate", "2k", "--weights", "random-tiny"]
+        ["stream", "send", str(source), f"ws://127.0.0.1:{port}", "--bitrate", "2k", "--weights", str(tiny_checkpoint)]
     )
     receiving.join(30)
     captured = capsys.readouterr()

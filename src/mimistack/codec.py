@@ -30,6 +30,7 @@ from .engine.base import CacheMode, Engine
 from .engine.options import EngineName, EngineOptions, OnnxOptions, TorchOptions, resolve_options
 from .errors import MimistackError
 from .levels import Levels, LevelsLike
+from .pool import PoolDirection, StreamPool
 from .tokens import TokenGrid, TokenGridError
 from .weights import WeightsRef
 
@@ -361,6 +362,21 @@ class Codec:
     def stream_encoder(self, mode: CacheMode = "window") -> StreamEncoder:
         """A causal encoder that takes pcm chunks of any size and emits each 80 ms frame once it is complete."""
         return StreamEncoder(self, mode)
+
+    def stream_pool(
+        self,
+        max_streams: int,
+        direction: PoolDirection = "both",
+        mode: CacheMode = "window",
+        *,
+        max_pending_frames: int = 250,
+        keep_outputs: bool = True,
+    ) -> StreamPool:
+        """Up to `max_streams` streams advanced together, one batched engine call per 80 ms step
+        (`mimistack.pool.StreamPool`): `direction` "encode", "decode" (each slot at its own level set) or "both"."""
+        return StreamPool(
+            self.engine, max_streams, direction, mode, max_pending_frames=max_pending_frames, keep_outputs=keep_outputs
+        )
 
     def stream_decoder(self, levels: LevelsLike = None, mode: CacheMode = "window") -> StreamDecoder:
         """A causal decoder: frames of codes in, 1920 samples per frame out; the level set may change per call."""

@@ -61,14 +61,19 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=None, help="CPU threads for the engine")
 
 
-def engine_options(args: argparse.Namespace) -> TorchOptions | OnnxOptions:
-    """The engine options the model flags describe; a flag of the other engine is an error, not ignored."""
+def engine_options(args: argparse.Namespace, streaming: bool = False) -> TorchOptions | OnnxOptions:
+    """The engine options the model flags describe; a flag of the other engine is an error, not ignored.
+
+    `streaming`: the command streams frame by frame, where ONNX Runtime is the faster engine on a CPU (28 ms for
+    an encoded and decoded frame against 93 ms with torch on 2 cores, BENCHMARKS.md), so "auto" picks it there;
+    on CUDA "auto" stays torch."""
     engine = args.engine
     onnx_only = args.onnx_dir is not None or args.onnx_variant != "fp32"
     if engine == "auto":
         from ..engine.options import torch_available
 
-        engine = "onnx" if onnx_only or not torch_available() else "torch"
+        cpu = str(args.device) == "cpu"
+        engine = "onnx" if onnx_only or not torch_available() or (streaming and cpu) else "torch"
     if engine == "torch":
         if onnx_only:
             raise CliError("--onnx and --onnx-variant are options of --engine onnx")
@@ -76,12 +81,13 @@ def engine_options(args: argparse.Namespace) -> TorchOptions | OnnxOptions:
     return OnnxOptions(onnx_dir=args.onnx_dir, variant=args.onnx_variant, device=args.device, num_threads=args.threads)
 
 
-def load_codec(args: argparse.Namespace) -> Codec:
+def load_codec(args: argparse.Namespace, streaming: bool = False) -> Codec:
+    """The codec the model flags describe (`streaming`: see `engine_options`)."""
     from ..codec import Codec
 
     if args.weights in RANDOM_WEIGHTS:
         print(RANDOM_WARNING, file=sys.stderr)
-    return Codec.load(args.weights, engine=engine_options(args), revision=args.revision)
+    return Codec.load(args.weights, engine=engine_options(args, streaming), revision=args.revision)
 
 
 def parse_levels(spec: str | None, num_levels: int, default: Levels | None = None) -> Levels:

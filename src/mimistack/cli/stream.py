@@ -1,4 +1,5 @@
-"""`mimistack stream send` and `mimistack stream receive`: progressive token streaming over WebSocket.
+"""`mimistack stream send`, `stream receive` and `stream serve`: progressive token streaming over WebSocket, and
+the stream server that batches many streams.
 
 A feature module of the CLI (`mimistack.cli` calls `register(command)`); the work is done by
 `mimistack.stream` (protocol spec: docs/protocol.md). Uses `cli.load_codec`, `cli.check_input`, `cli.check_output`
@@ -6,6 +7,9 @@ and `audio.AudioWriter`.
 
     mimistack stream receive --listen 127.0.0.1:8765 -o out.wav [--mimi out.mimi] --weights W
     mimistack stream send in.wav ws://127.0.0.1:8765 [--bitrate 4400 | --schedule "0:200,2:4400,5:500"] --weights W
+    mimistack stream serve [--listen 127.0.0.1:8765] [--max-streams 8] --weights W
+
+All three run on the engine that streams fastest here (ONNX Runtime on a CPU) unless --engine names one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import CliError, add_model_options, check_input, check_output, load_codec
+from .common import CliError, add_model_options, check_input, check_output, engine_options, load_codec
 from .table import Command
 
 if TYPE_CHECKING:
@@ -35,7 +39,7 @@ def register(command: Command) -> None:
         "stream tokens over WebSocket, level 0 first plus as many levels as the bandwidth allows (docs/protocol.md)",
         model=False,
     )
-    actions = stream.add_subparsers(dest="stream_command", metavar="{send,receive}")
+    actions = stream.add_subparsers(dest="stream_command", metavar="{send,receive,serve}")
     actions.required = True
 
     p = actions.add_parser(
@@ -108,9 +112,85 @@ def register(command: Command) -> None:
     add_model_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
+    p = actions.add_parser(
+        "serve",
+        help="serve many encode, decode and room streams at once, batched (docs/protocol.md)",
+        description="A WebSocket server: /encode (pcm in, tokens out), /decode?levels=L (tokens in, pcm "
+        "out), /rooms/NAME/produce and /rooms/NAME/listen?levels=L&format=pcm|opus|tokens. All active "
+        "streams advance together, one batched engine call per step; a stream over --max-streams is "
+        "refused (close code 1013) so that the others keep real time.",
+    )
+    p.set_defaults(handler=cmd_serve)
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN}; port 0: any)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback address (unencrypted)")
+    p.add_argument("--max-streams", type=int, default=8, help="engine slots: encode, decode, audio listeners (8)")
+    p.add_argument("--mode", choices=("window", "moshi"), default="window", help="transformer cache mode")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="close a silent sender after this many s (30)")
+    p.add_argument("--burst-frames", type=int, default=25, help="frames a client may send ahead of real time (25)")
+    p.add_argument("--max-message-bytes", type=int, default=1 << 18, help="largest message (262144)")
+    p.add_argument("--max-rooms", type=int, default=64, help="rooms at once (64)")
+    p.add_argument(
+        "--ray-replicas",
+        type=int,
+        default=0,
+        help="run as a Ray Serve deployment of this many replicas instead (each batches its own streams)",
+    )
+    p.add_argument("--ray-address", default=None, help="with --ray-replicas: the Ray cluster (default: local)")
+    add_model_options(p)
+
 
 def _missing_subcommand(args: argparse.Namespace) -> int:
-    raise CliError("choose 'stream send' or 'stream receive'")
+    raise CliError("choose 'stream send', 'stream receive' or 'stream serve'")
+
+
+# -- serve --------------------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serve import ServerLimits
+    from ..stream.net import check_listen_host
+
+    host, port = _parse_listen(args.listen)
+    try:
+        check_listen_host(host, args.allow_remote)
+        limits = ServerLimits(
+            max_streams=args.max_streams,
+            max_message_bytes=args.max_message_bytes,
+            burst_frames=args.burst_frames,
+            idle_timeout_s=args.idle_timeout,
+            max_rooms=args.max_rooms,
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    if args.ray_replicas < 0:
+        raise CliError(f"--ray-replicas must be 0 or more, got {args.ray_replicas}")
+    if args.ray_replicas:
+        from ..serve.rayserve import run_ray_server
+
+        run_ray_server(
+            args.weights,
+            engine_options(args, streaming=True),
+            replicas=args.ray_replicas,
+            host=host,
+            port=port,
+            limits=limits,
+            mode=args.mode,
+            address=args.ray_address,
+            num_gpus=1.0 if str(args.device).startswith("cuda") else 0.0,
+            on_ready=lambda uri: print(f"serving {args.ray_replicas} Ray Serve replicas at {uri}", flush=True),
+        )
+        return 0
+    from ..serve.websocket import run_server
+
+    codec = load_codec(args, streaming=True)
+
+    def ready(running: Any) -> None:
+        print(
+            f"serving up to {limits.max_streams} streams on {running.uri} ({codec.engine.name} engine, "
+            f"mode {args.mode}); Ctrl-C stops",
+            flush=True,
+        )
+
+    run_server(codec, host, port, limits, args.mode, allow_remote=args.allow_remote, on_ready=ready)
+    return 0
 
 
 # -- send ---------------------------------------------------------------------------------------------------------
@@ -122,7 +202,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.mic == (args.input is not None):
         raise CliError("give either an input file or --mic (not both)")
     rate = _rate_controller(args)
-    codec = load_codec(args)
+    codec = load_codec(args, streaming=True)
     if args.mic:
         source: Any = stream.MicSource(seconds=args.seconds, sample_rate=codec.sample_rate, frame_size=codec.frame_size)
     else:
@@ -196,7 +276,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         mimi = check_output(args.mimi, args.force)
         if mimi.suffix != ".mimi":
             raise CliError(f"--mimi must end in .mimi, got {mimi.name}")
-    codec = load_codec(args)
+    codec = load_codec(args, streaming=True)
     report, session = asyncio.run(_receive(args, codec, host, port, target))
     if report.hello is None or not any(not r.concealed for r in report.frames):
         raise CliError(f"no audio received{': ' + report.error if report.error else ''}; nothing written")

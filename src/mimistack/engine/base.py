@@ -12,12 +12,18 @@ Required: `encode`, `decode`, `init_encoder_state`, `init_decoder_state` and the
 `weights_sha256`, `tables`. Optional capabilities have defaults here, so `Codec` calls them on every engine without
 probing:
 - the whole-input fast path: `whole_max_frames` (0: none), `encode_whole`, `decode_whole`;
-- `host_buffer(shape)`: a float32 staging buffer the engine can send to its device without another copy.
+- `host_buffer(shape)`: a float32 staging buffer the engine can send to its device without another copy;
+- the latent split of decoding: `latent_from_codes` (the level algebra, default: `levels.latent_from_codes` on
+  `tables`) and `decode_latent` (the decoder on a latent), so that rows with different level sets share one call;
+- stream pools (`mimistack.pool`): `pool_state`, `take_rows`, `join_rows`, `put_rows`. A pool's state has one row
+  per open stream; rows at different points of their streams advance together in one batched call, each row keeping
+  its own positions, buffers and caches. `supports_pools` says whether the engine has them.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -25,7 +31,7 @@ from numpy.typing import NDArray
 
 from ..config import MimiConfig
 from ..errors import MimistackError
-from ..levels import CodebookTables, Levels
+from ..levels import CodebookTables, Levels, latent_from_codes
 
 CacheMode = Literal["window", "moshi"]
 """How transformer caches behave when a stream is fed in chunks; the same on every engine:
@@ -37,6 +43,8 @@ CacheMode = Literal["window", "moshi"]
   batch mode, as in moshi. `Codec` feeds "moshi" streams one frame per call, as moshi does.
 """
 CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
+
+Direction = Literal["encoder", "decoder"]
 
 EngineState = Any
 """An engine's opaque stream state (each engine defines its own)."""
@@ -99,3 +107,38 @@ class Engine(abc.ABC):
     def host_buffer(self, shape: tuple[int, ...]) -> NDArray[np.float32]:
         """A float32 buffer of `shape` to stage pcm in; valid until the next call. Default: a new numpy array."""
         return np.empty(shape, dtype=np.float32)
+
+    # -- the latent split of decoding -----------------------------------------------------------------------
+    def latent_from_codes(self, codes: NDArray[np.int64], levels: Levels) -> NDArray[np.float32]:
+        """codes `[B, num_levels, N]` -> latent float32 `[B, dimension, N]`: the sum of the selected levels' terms."""
+        return latent_from_codes(self.tables, np.asarray(codes), levels)
+
+    def decode_latent(
+        self, latent: NDArray[np.float32], state: EngineState | None, mode: CacheMode
+    ) -> tuple[NDArray[np.float32], EngineState]:
+        """latent `[B, dimension, N]` -> pcm `[B, 1, N*frame_size]` and the next state (`decode` = this after
+        `latent_from_codes`)."""
+        raise EngineError(f"the {self.name} engine cannot decode a latent")
+
+    # -- stream pools ---------------------------------------------------------------------------------------
+    supports_pools: bool = False
+    """Whether `pool_state`, `take_rows`, `join_rows` and `put_rows` work (and `decode_latent`)."""
+
+    def pool_state(self, direction: Direction, batch_size: int, mode: CacheMode) -> EngineState:
+        """An explicit initial state of `batch_size` rows (never None) whose rows can be taken, joined and put.
+
+        It computes what `init_encoder_state`/`init_decoder_state` start from (up to float rounding)."""
+        raise EngineError(f"the {self.name} engine cannot batch streams (no stream pools)")
+
+    def take_rows(self, state: EngineState, rows: Sequence[int]) -> EngineState:
+        """A new state made of `rows` of `state`, in that order (a copy: `state` is left as it is)."""
+        raise EngineError(f"the {self.name} engine cannot batch streams (no stream pools)")
+
+    def join_rows(self, states: Sequence[EngineState]) -> EngineState:
+        """The rows of `states` one after the other, in one state."""
+        raise EngineError(f"the {self.name} engine cannot batch streams (no stream pools)")
+
+    def put_rows(self, state: EngineState, rows: Sequence[int], part: EngineState) -> EngineState:
+        """`state` with `rows` replaced by the rows of `part`. The caller gives `state` up: it may be updated in
+        place and returned (a pool owns its state; nobody else holds it)."""
+        raise EngineError(f"the {self.name} engine cannot batch streams (no stream pools)")

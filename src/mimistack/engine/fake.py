@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..config import MimiConfig
 from ..levels import CodebookTables, Levels, latent_from_codes, quantize
-from .base import CacheMode, Engine, EngineError, check_cache_mode
+from .base import CacheMode, Direction, Engine, EngineError, check_cache_mode
 
 
 @dataclasses.dataclass(frozen=True)
 class FakeState:
     """The previous frame (encoder: its pcm; decoder: its latent), `[B, frame_size]` or `[B, dimension]`, and
-    how many frames the stream has seen."""
+    how many frames each row has seen, `[B]`."""
 
     previous: NDArray[np.float32]
-    frames: int
+    frames: NDArray[np.int64]
 
 
 class FakeEngine(Engine):
@@ -96,28 +97,61 @@ class FakeEngine(Engine):
         codes = np.asarray(codes)
         if codes.ndim != 3 or codes.shape[1] != self.config.num_levels:
             raise EngineError(f"codes must be [B, {self.config.num_levels}, N], got shape {codes.shape}")
-        batch, _, count = codes.shape
+        return self.decode_latent(latent_from_codes(self.tables, codes, levels), state, mode)
+
+    def decode_latent(
+        self, latent: NDArray[np.float32], state: FakeState | None, mode: CacheMode
+    ) -> tuple[NDArray[np.float32], FakeState]:
+        check_cache_mode(mode)
+        if latent.ndim != 3 or latent.shape[1] != self.config.dimension:
+            raise EngineError(f"latent must be [B, {self.config.dimension}, N], got shape {latent.shape}")
+        batch, _, count = latent.shape
         state = state if state is not None else self.init_decoder_state(batch, mode)
         self._check_state(state, batch, self.config.dimension)
-        latent = latent_from_codes(self.tables, codes, levels)
         pcm = np.zeros((batch, 1, count * self.config.frame_size), dtype=np.float32)
         previous = state.previous
         size = self.config.frame_size
         for t in range(count):
-            current = np.ascontiguousarray(latent[:, :, t])
+            current = np.ascontiguousarray(latent[:, :, t], dtype=np.float32)
             pcm[:, 0, t * size : (t + 1) * size] = current @ self._synthesis.T + np.float32(0.25) * (
                 previous @ self._synthesis.T
             )
             previous = current
         return pcm, FakeState(previous.copy(), state.frames + count)
 
+    # -- stream pools ---------------------------------------------------------------------------------------
+    supports_pools = True
+
+    def pool_state(self, direction: Direction, batch_size: int, mode: CacheMode) -> FakeState:
+        init = self.init_encoder_state if direction == "encoder" else self.init_decoder_state
+        return init(batch_size, mode)
+
+    def take_rows(self, state: FakeState, rows: Sequence[int]) -> FakeState:
+        index = np.asarray(rows, dtype=np.intp)
+        return FakeState(state.previous[index], state.frames[index])
+
+    def join_rows(self, states: Sequence[FakeState]) -> FakeState:
+        return FakeState(
+            np.concatenate([s.previous for s in states], axis=0), np.concatenate([s.frames for s in states], axis=0)
+        )
+
+    def put_rows(self, state: FakeState, rows: Sequence[int], part: FakeState) -> FakeState:
+        index = np.asarray(rows, dtype=np.intp)
+        previous, frames = state.previous.copy(), state.frames.copy()
+        previous[index], frames[index] = part.previous, part.frames
+        return FakeState(previous, frames)
+
     def init_encoder_state(self, batch_size: int, mode: CacheMode) -> FakeState:
         check_cache_mode(mode)
-        return FakeState(np.zeros((batch_size, self.config.frame_size), dtype=np.float32), 0)
+        return FakeState(
+            np.zeros((batch_size, self.config.frame_size), dtype=np.float32), np.zeros(batch_size, np.int64)
+        )
 
     def init_decoder_state(self, batch_size: int, mode: CacheMode) -> FakeState:
         check_cache_mode(mode)
-        return FakeState(np.zeros((batch_size, self.config.dimension), dtype=np.float32), 0)
+        return FakeState(
+            np.zeros((batch_size, self.config.dimension), dtype=np.float32), np.zeros(batch_size, np.int64)
+        )
 
     def encode_whole(self, pcm: NDArray[np.float32]) -> NDArray[np.int64]:
         self._check_whole(pcm.shape[-1] // self.config.frame_size)

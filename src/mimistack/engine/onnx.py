@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from ..config import MimiConfig
 from ..levels import CodebookTables, Levels, latent_from_codes
-from .base import CacheMode, Engine, EngineError, check_cache_mode
+from .base import CacheMode, Direction, Engine, EngineError, check_cache_mode
 from .onnx_format import (
     CODEBOOKS_NAME,
     MANIFEST_NAME,
@@ -205,14 +206,14 @@ class OnnxEngine(Engine):
 
     def decode(self, codes: np.ndarray, levels: Levels, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
         """codes `[B, num_levels, N]` + levels -> pcm float32 `[B, 1, N*frame_size]` and the next state."""
-        graph = self._stream_graph("decoder", mode)
         latent = latent_from_codes(self.tables, np.asarray(codes), levels)
-        return self.decode_latent(latent, state, graph)
+        return self.decode_latent(latent, state, mode)
 
     def decode_latent(
-        self, latent: np.ndarray, state: Any | None, graph: str = STREAM_GRAPHS["decoder", "window"]
+        self, latent: np.ndarray, state: Any | None, mode: CacheMode = "window"
     ) -> tuple[np.ndarray, Any]:
         """latent float32 `[B, dimension, N]` -> pcm `[B, 1, N*frame_size]` (for clients with their own latent)."""
+        graph = self._stream_graph("decoder", mode)
         latent = np.ascontiguousarray(latent, dtype=np.float32)
         if latent.ndim != 3 or latent.shape[1] != self.config.dimension:
             raise EngineError(f"latent must be [B, {self.config.dimension}, N], got shape {latent.shape}")
@@ -220,6 +221,43 @@ class OnnxEngine(Engine):
             empty = np.zeros((latent.shape[0], 1, 0), dtype=np.float32)
             return empty, state if state is not None else self._initial(graph, latent.shape[0])
         return self._run(graph, "latent", "pcm", latent, state)
+
+    # -- stream pools: every state array carries the batch on dim 0 -------------------------------------------
+    @property
+    def supports_pools(self) -> bool:  # type: ignore[override]
+        """Whether every stream state is per row (exports of mimistack >= 0.3 keep one position per row)."""
+        return all(spec.shape[:1] == ("batch",) for specs in self._states.values() for spec in specs)
+
+    def pool_state(self, direction: Direction, batch_size: int, mode: CacheMode) -> OnnxStreamState:
+        graph = self._stream_graph(direction, mode)
+        if not self.supports_pools:
+            unbatched = [s.input for specs in self._states.values() for s in specs if s.shape[:1] != ("batch",)]
+            raise EngineError(
+                f"{self.onnx_dir} was exported before stream pools (state {unbatched[0]} is shared by all rows); "
+                "re-export it with `mimistack export-onnx --force` (or delete it from the cache)"
+            )
+        return self._initial(graph, batch_size)
+
+    def take_rows(self, state: OnnxStreamState, rows: Sequence[int]) -> OnnxStreamState:
+        index = np.asarray(rows, dtype=np.intp)
+        return OnnxStreamState(state.graph, len(index), [array[index] for array in state.arrays])
+
+    def join_rows(self, states: Sequence[OnnxStreamState]) -> OnnxStreamState:
+        graphs = {state.graph for state in states}
+        if len(graphs) != 1:
+            raise EngineError(f"cannot join states of different graphs: {sorted(graphs)}")
+        arrays = [np.concatenate(parts, axis=0) for parts in zip(*(state.arrays for state in states), strict=True)]
+        return OnnxStreamState(states[0].graph, sum(state.batch_size for state in states), arrays)
+
+    def put_rows(self, state: OnnxStreamState, rows: Sequence[int], part: OnnxStreamState) -> OnnxStreamState:
+        index = np.asarray(rows, dtype=np.intp)
+        arrays = []
+        for array, replacement in zip(state.arrays, part.arrays, strict=True):
+            if not array.flags.writeable:
+                array = array.copy()
+            array[index] = replacement
+            arrays.append(array)
+        return OnnxStreamState(state.graph, state.batch_size, arrays)
 
     def init_encoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
         return self._initial(self._stream_graph("encoder", mode), batch_size)

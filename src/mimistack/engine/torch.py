@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from ..config import MimiConfig
 from ..levels import CodebookTables, Levels
 from ..weights import LoadedWeights, codebook_tables
-from .base import CacheMode, Engine, EngineError, check_cache_mode
+from .base import CacheMode, Direction, Engine, EngineError, check_cache_mode
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,53 @@ class TorchEngine(Engine):
             latent = self.model.latent_from_codes(c, list(levels))
             with self._autocast():
                 pcm, state = self.model.decode_latent(latent, state, _mode(mode))
+        out: np.ndarray = pcm.float().cpu().numpy()
+        return out, state
+
+    def latent_from_codes(self, codes: np.ndarray, levels: Levels) -> np.ndarray:
+        """The model's own latent sum (the one `decode` uses), as float32 numpy."""
+        torch = self.torch
+        with torch.inference_mode(), self._precision():
+            c = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)).to(self.device)
+            latent: np.ndarray = self.model.latent_from_codes(c, list(levels)).float().cpu().numpy()
+        return latent
+
+    def decode_latent(self, latent: np.ndarray, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
+        torch = self.torch
+        with torch.inference_mode(), self._precision():
+            x = torch.from_numpy(np.ascontiguousarray(latent, dtype=np.float32)).to(self.device)
+            with self._autocast():
+                pcm, state = self.model.decode_latent(x, state, _mode(mode))
         return pcm.float().cpu().numpy(), state
+
+    # -- stream pools: a state is a tuple of tensors, each with the batch on dim 0 ----------------------------
+    supports_pools = True
+
+    def pool_state(self, direction: Direction, batch_size: int, mode: CacheMode) -> Any:
+        check_cache_mode(mode)
+        init = self.model.init_encoder_state if direction == "encoder" else self.model.init_decoder_state
+        with self.torch.inference_mode():
+            return init(batch_size)
+
+    def _rows(self, rows: Sequence[int]) -> Any:
+        return self.torch.as_tensor(list(rows), dtype=self.torch.long, device=self.device)
+
+    def take_rows(self, state: Any, rows: Sequence[int]) -> Any:
+        index = self._rows(rows)
+        with self.torch.inference_mode():
+            return tuple(tensor.index_select(0, index) for tensor in state)
+
+    def join_rows(self, states: Sequence[Any]) -> Any:
+        torch = self.torch
+        with torch.inference_mode():
+            return tuple(torch.cat(parts, dim=0) for parts in zip(*states, strict=True))
+
+    def put_rows(self, state: Any, rows: Sequence[int], part: Any) -> Any:
+        index = self._rows(rows)
+        with self.torch.inference_mode():
+            for tensor, replacement in zip(state, part, strict=True):
+                tensor.index_copy_(0, index, replacement)
+        return state
 
     def encode_whole(self, pcm: np.ndarray) -> np.ndarray:
         """The fast path (fast=True only): pcm `[B, 1, N*frame_size]`, N <= whole_max_frames -> codes int64."""

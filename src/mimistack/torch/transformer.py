@@ -64,16 +64,19 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: Tensor, offset: Tensor, cache: State | None, mode: str = "window") -> tuple[Tensor, State]:
-        """`mode` says how a cache is kept (see `ProjectedTransformer`); `cache=None` is the start of a stream."""
+        """`mode` says how a cache is kept (see `ProjectedTransformer`); `cache=None` is the start of a stream.
+
+        `offset` is `[1]` (every row at the same position) or `[B]` (each row of a stream pool at its own)."""
         batch, steps, dim = x.shape
         heads = self.num_heads
         qkv = F.linear(x, self.in_proj_weight).view(batch, steps, 3, heads, dim // heads)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         q, k, v = qkv[0], qkv[1], qkv[2]
         q, k = apply_rope(q, k, offset, self.max_period)
-        pos_q = offset.view(-1, 1) + torch.arange(steps, device=x.device).view(-1, 1)  # [T, 1]
+        start = offset.view(-1, 1)  # [B or 1, 1]
+        pos_q = start + torch.arange(steps, device=x.device).view(1, -1)  # [B or 1, T]
         if mode == "ring" and cache is not None:
-            keys, values, pos_k = self._ring_write(cache, k, v, offset)
+            keys, values, pos_k = self._ring_write(cache, k, v, start)
             new_cache: State = (keys, values)
         else:
             if cache is None:
@@ -82,33 +85,39 @@ class SelfAttention(nn.Module):
             else:
                 keys = torch.cat([cache[0], k], dim=2)
                 values = torch.cat([cache[1], v], dim=2)
-                pos_k = (offset - self.context + torch.arange(self.context + steps, device=x.device)).view(1, -1)
+                pos_k = start - self.context + torch.arange(self.context + steps, device=x.device).view(1, -1)
             new_cache = self._keep_last(keys, values)
             if mode == "moshi-window":
                 # What a ring of `context` slots keeps: keys older than the chunk's last `context` steps are gone.
-                pos_k = torch.where(pos_k > offset + steps - 1 - self.context, pos_k, -1)
-        delta = pos_q - pos_k
-        mask = (pos_k >= 0) & (delta >= 0) & (delta < self.context)
+                pos_k = torch.where(pos_k > start + steps - 1 - self.context, pos_k, -1)
+        delta = pos_q.unsqueeze(2) - pos_k.unsqueeze(1)  # [B or 1, T, S]
+        mask = ((pos_k.unsqueeze(1) >= 0) & (delta >= 0) & (delta < self.context)).unsqueeze(1)
         out = F.scaled_dot_product_attention(q, keys, values, mask)
         out = out.transpose(1, 2).reshape(batch, steps, dim)
         return self.out_proj(out), new_cache
 
-    def _ring_write(self, cache: State, k: Tensor, v: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Kyutai's ring KV cache: slot (offset + t) % context; returns keys, values, slot positions `[1, C]`.
+    def _ring_write(self, cache: State, k: Tensor, v: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Kyutai's ring KV cache: slot (offset + t) % context; returns keys, values, slot positions `[B or 1, C]`.
 
         Slot order and contents are exactly those of moshi's `RingKVCache`, so attention sums in the same order.
+        `start` is `[B or 1, 1]`: with one offset per row, each row writes its own slots.
         """
         capacity = self.context
-        steps = k.shape[2]
-        index = (offset + torch.arange(steps, device=k.device)) % capacity
-        keys = cache[0].index_copy(2, index, k)
-        values = cache[1].index_copy(2, index, v)
-        slots = torch.arange(capacity, device=k.device)
-        last = offset + steps - 1
+        batch, heads, steps, head_dim = k.shape
+        index = (start + torch.arange(steps, device=k.device).view(1, -1)) % capacity  # [B or 1, T]
+        if index.shape[0] == 1:
+            keys = cache[0].index_copy(2, index[0], k)
+            values = cache[1].index_copy(2, index[0], v)
+        else:
+            scatter = index.view(batch, 1, steps, 1).expand(batch, heads, steps, head_dim)
+            keys = cache[0].scatter(2, scatter, k)
+            values = cache[1].scatter(2, scatter, v)
+        slots = torch.arange(capacity, device=k.device).view(1, -1)
+        last = start + steps - 1
         delta = slots - last % capacity
         positions = torch.where(delta <= 0, last + delta, last + delta - capacity)
-        positions = torch.where(slots >= offset + steps, -1, positions)
-        return keys, values, positions.view(1, -1)
+        positions = torch.where(slots >= start + steps, -1, positions)
+        return keys, values, positions
 
     def _keep_last(self, keys: Tensor, values: Tensor) -> State:
         length = keys.shape[2]
@@ -146,7 +155,9 @@ class Transformer(nn.Module):
 class ProjectedTransformer(nn.Module):
     """Conv layout in and out: `[B, C, T] -> [B, C, T]`.
 
-    State: `(offset [1] int64, k_0, v_0, k_1, v_1, ...)` with each cache `[B, H, context, D]`.
+    State: `(offset [B] int64, k_0, v_0, k_1, v_1, ...)` with each cache `[B, H, context, D]`: every row has its
+    own position, so the rows of a stream pool may be at different points of their streams (a state made
+    elsewhere with one shared offset `[1]` still works).
 
     Cache modes, for a stream fed in chunks:
     - `"window"`: the cache holds the last `context` steps in time order; every query sees exactly the keys that
@@ -167,13 +178,13 @@ class ProjectedTransformer(nn.Module):
         cfg = self.config
         shape = (batch_size, cfg.num_heads, cfg.context, cfg.dimension // cfg.num_heads)
         caches = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * cfg.num_layers)]
-        return (torch.zeros(1, device=device, dtype=torch.long), *caches)
+        return (torch.zeros(batch_size, device=device, dtype=torch.long), *caches)
 
     def forward(self, x: Tensor, state: State | None = None, mode: str = "window") -> tuple[Tensor, State]:
         if mode not in ("window", "ring", "moshi-window"):
             raise ValueError(f"unknown cache mode {mode!r}")
         x = x.transpose(1, 2)
-        offset = torch.zeros(1, device=x.device, dtype=torch.long) if state is None else state[0]
+        offset = torch.zeros(x.shape[0], device=x.device, dtype=torch.long) if state is None else state[0]
         new_state: list[Tensor] = [offset + x.shape[1]]
         for index, layer in enumerate(self.transformer.layers):
             cache = None if state is None else (state[1 + 2 * index], state[2 + 2 * index])
