@@ -11,9 +11,16 @@ available):
          reported beside it
   local  tokenize_corpus(..., runner="local"): one process, one Codec on every CPU, the next files decoded in a
          background thread (the default without --address)
+  local-files  tokenize_corpus(..., runner="local", encoders=CPUs): one process, one single-threaded Codec per
+         CPU, each thread decoding and encoding whole files (parallel over files, as Ray's CPU actors, without Ray)
   ray    tokenize_corpus(..., runner="ray") on a local Ray started after the other rows (its start is reported
          apart, and its idle daemons do not share the CPUs with them); actor start-up and model loading are
          inside the measured time, as a user would see them
+  cluster  tokenize_corpus(..., address=...) on a two-node Ray cluster started on this machine with `ray start`
+         (a head and a second node, half the CPUs each: tests/ray_cluster.py, as the cluster test uses), after
+         every other row; its start is reported apart, and it is stopped (its own processes only) at the end.
+         On one machine it measures what a second node costs (two raylets and object stores, actors spread
+         over them), not a speed-up
 
 and prints audio seconds per second (= audio hours per hour) and whether each runner's codes equal the loop's (the
 local runner's must: same thread count, same calls; Ray's CPU actors run one thread each, which can flip near-tied
@@ -23,6 +30,7 @@ tokens).
     python bench/bench_corpus.py --files 33           # the 33-file corpus (~240 s of speech)
     python bench/bench_corpus.py --files 300          # the 300-file corpus (~2,000 s)
     python bench/bench_corpus.py --runners loop,local --engines torch
+    python bench/bench_corpus.py --files 300 --engines torch --runners loop,local,local-files,ray,cluster
     python bench/bench_corpus.py --engines torch,onnx --onnx mimi-onnx
 """
 
@@ -40,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the one speech helper: tests/speech_data.py
+sys.path.insert(0, str(REPO / "tests"))  # the one speech helper (tests/speech_data.py) and the local cluster
 from speech_data import SPEECH_DIR, speech_files  # noqa: E402
 
 QUICK_FILES = (
@@ -103,6 +111,7 @@ def run_corpus(
     onnx_dir: str | None,
     num_cpus: int,
     encoders: int | None,
+    address: str | None = None,
 ) -> tuple[float, float, dict[str, np.ndarray]]:
     from mimistack import corpus
 
@@ -112,9 +121,10 @@ def run_corpus(
         weights,
         engine=engine,
         onnx_dir=onnx_dir,
-        runner=runner,  # type: ignore[arg-type]
-        num_cpus=num_cpus,
-        encoders=encoders if runner == "ray" else None,
+        runner="ray" if address else "local" if runner == "local-files" else runner,  # type: ignore[arg-type]
+        address=address,
+        num_cpus=None if address else num_cpus,
+        encoders=encoders if runner in ("ray", "cluster") else num_cpus if runner == "local-files" else None,
     )
     codes = {record.source_path: record.grid.codes for record in corpus.open(out)}
     return result.audio_seconds, result.elapsed_seconds, codes
@@ -154,7 +164,11 @@ def main() -> int:
         "--weights", default="random", help="default: random official-size weights (same speed as kyutai/mimi)"
     )
     parser.add_argument("--engines", default="torch,onnx", help="comma-separated: torch, onnx")
-    parser.add_argument("--runners", default="loop,local,ray", help="comma-separated: loop, local, ray")
+    parser.add_argument(
+        "--runners",
+        default="loop,local,ray",
+        help="comma-separated: loop, local, local-files, ray, cluster (two local nodes)",
+    )
     parser.add_argument("--onnx", dest="onnx_dir", default=None, help="exported ONNX graphs for the onnx engine")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the loop, the local runner and Ray")
     parser.add_argument("--encoders", type=int, default=None, help="Ray encoder actors (default: one per CPU)")
@@ -162,8 +176,14 @@ def main() -> int:
     args = parser.parse_args()
     runners = [r.strip() for r in args.runners.split(",") if r.strip()]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if unknown := set(runners) - {"loop", "local", "ray"}:
+    if unknown := set(runners) - {"loop", "local", "local-files", "ray", "cluster"}:
         parser.error(f"unknown runner(s): {', '.join(sorted(unknown))}")
+
+    if "cluster" in runners:
+        # Ray reads its authentication mode once per process: a driver whose first Ray (the local-Ray row) ran
+        # with token authentication cannot then run actors on the no-token test cluster. Both are private to
+        # this machine, so the whole bench runs without tokens.
+        os.environ["RAY_AUTH_MODE"] = "disabled"
 
     import torch
 
@@ -212,8 +232,9 @@ def main() -> int:
                     rows.append(failure(engine, "single-process loop", "unavailable", error))
                     unavailable.add(engine)
                     continue
-            if "local" in runners:
-                rows.append(measure("local", folder, Path(scratch), args, engine, cpus, loop_codes.get(engine)))
+            for local in ("local", "local-files"):
+                if local in runners:
+                    rows.append(measure(local, folder, Path(scratch), args, engine, cpus, loop_codes.get(engine)))
         if "ray" in runners and ray is None:
             rows.append(("-", "ray tokenize-corpus", "-", "-", "-", "ray is not installed: pip install 'ray[data]'"))
         elif "ray" in runners:
@@ -232,11 +253,55 @@ def main() -> int:
                     rows.append(measure("ray", folder, Path(scratch), args, engine, cpus, loop_codes.get(engine)))
             finally:
                 ray.shutdown()
+        if "cluster" in runners and ray is not None:
+            rows += measure_cluster(
+                folder, Path(scratch), args, [e for e in engines if e not in unavailable], cpus, loop_codes
+            )
     header = ("engine", "path", "audio s", "wall s", "audio s/s (= h/h)", "codes vs loop")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) + " |")
     return 0
+
+
+def measure_cluster(
+    folder: Path,
+    scratch: Path,
+    args: argparse.Namespace,
+    engines: list[str],
+    cpus: int,
+    loop_codes: dict[str, dict[str, np.ndarray]],
+) -> list[tuple[str, ...]]:
+    """The `cluster` rows: a head and a second node with half the CPUs each, started here, always stopped."""
+    from ray_cluster import LocalCluster
+
+    started = time.perf_counter()
+    nodes = LocalCluster(scratch / "cluster")
+    (scratch / "cluster").mkdir()
+    rows = []
+    try:
+        head_cpus = max(1, cpus // 2)
+        nodes.start(head=True, cpus=head_cpus)
+        nodes.start(head=False, cpus=max(1, cpus - head_cpus))
+        print(f"two-node cluster start: {time.perf_counter() - started:.1f} s (not in the figures below)")
+        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+        os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})  # as the nodes run
+        try:
+            for engine in engines:
+                rows.append(
+                    measure("cluster", folder, scratch, args, engine, cpus, loop_codes.get(engine), nodes.address)
+                )
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    except Exception as error:
+        rows.append(failure("-", "cluster tokenize-corpus", "cluster failed", error))
+    finally:
+        nodes.stop()
+    return rows
 
 
 def measure(
@@ -247,6 +312,7 @@ def measure(
     engine: str,
     cpus: int,
     reference: dict[str, np.ndarray] | None,
+    address: str | None = None,
 ) -> tuple[str, ...]:
     path = f"{runner} tokenize-corpus"
     try:
@@ -259,6 +325,7 @@ def measure(
             args.onnx_dir,
             cpus,
             args.encoders,
+            address,
         )
     except Exception as error:
         return failure(engine, path, "failed", error)

@@ -21,6 +21,10 @@ in its own try/except (one failure never stops the rest), with warm-up iteration
   fast bf16              the same with the plain 1-D modules (to show what channels-last + polyphase bring)
   fast tf32 nhwc         fp32 weights with TF32 tensor cores (quantizer still strict fp32): slower than bf16,
                          closer to fp32 codes
+  tokenize-corpus        the real `tokenize_corpus(..., device=--device)` path (local runner) over the batch's rows
+                         written as WAV files (`--corpus-copies` times), in fp32 and in bf16 --fast; prints each
+                         run's manifest `precision` record (dtype, fast path, batching, exactness and, for bf16,
+                         the measured agreement with strict fp32 on 8 files)
 
 Measured on an NVIDIA H200 (torch 2.11.0+cu130, transformers 5.17.0, random official-size weights, batch 128 x
 10 s of tiled speech), audio seconds per second, encode / decode:
@@ -185,7 +189,13 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=210.0, help="seconds for the whole script")
     parser.add_argument("--quick", action="store_true", help="batch 2 x 1 s, 1 warm-up, 1 iteration (a smoke run)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the fast paths")
-    parser.add_argument("--only", default="", help="comma-separated subset of: hf, ours, codec, fast")
+    parser.add_argument("--only", default="", help="comma-separated subset of: hf, ours, codec, fast, corpus")
+    parser.add_argument(
+        "--corpus-copies",
+        type=int,
+        default=4,
+        help="corpus: the batch's rows written this many times as WAV files, then tokenized (fp32, bf16 --fast)",
+    )
     parser.add_argument(
         "--fast",
         default="bf16-nhwc,fp32-nhwc,tf32-nhwc",
@@ -200,7 +210,7 @@ def main() -> int:
         args.batch, args.seconds, args.warmup, args.iters = 2, 1.0, 1, 1
     budget = Budget(args.budget)
     device = torch.device(args.device)
-    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or {"hf", "ours", "codec", "fast"}
+    wanted = {w.strip() for w in args.only.split(",") if w.strip()} or {"hf", "ours", "codec", "fast", "corpus"}
 
     from mimistack import __version__
     from mimistack.codec import Codec
@@ -329,6 +339,50 @@ def main() -> int:
         attempt("Codec(fast=True) bf16", "encode", codec_encode, need=60)
         attempt("Codec(fast=True) bf16", "decode", codec_decode, need=60)
         del codec_fast
+
+    # -- the whole tokenize-corpus path, files to shards --------------------------------------------------------
+    if "corpus" in wanted:
+        from mimistack.audio import save_audio
+        from mimistack.corpus import tokenize_corpus
+
+        folder = scratch / "corpus-audio"
+        folder.mkdir()
+        for index in range(args.corpus_copies):
+            for row, pcm in enumerate(audio[:, 0]):
+                save_audio(folder / f"f{index:03d}-{row:04d}.wav", pcm, config.sample_rate)
+        corpus_seconds = audio_seconds * args.corpus_copies
+
+        def tokenize(dtype: str, fast: bool) -> tuple[float, str]:
+            out = scratch / f"tokens-{dtype}-{'fast' if fast else 'exact'}"
+            result = tokenize_corpus(
+                folder,
+                out,
+                checkpoint,
+                device=args.device,
+                dtype=dtype,
+                fast=fast,
+                agreement_files=8,  # type: ignore[arg-type]
+            )
+            record_precision = dict(result.manifest["precision"])
+            agreement = record_precision.pop("agreement", None)
+            measured = (
+                f"; vs strict fp32 on {agreement['files']} files: {100 * agreement['tokens_equal']:.2f}% of tokens "
+                f"(level 0: {100 * agreement['level_0_equal']:.2f}%)"
+                if agreement
+                else ""
+            )
+            corpus_precision.append({"dtype": dtype, "fast": fast, "manifest_precision": result.manifest["precision"]})
+            # Scaled to one batch's audio so the column compares with the module rows above; the wall time
+            # includes the model load (and torch.compile for --fast).
+            return result.elapsed_seconds * audio_seconds / corpus_seconds, (
+                f"{corpus_seconds:g} s of audio in {result.elapsed_seconds:.1f} s incl. load; manifest precision "
+                f"{json.dumps(record_precision)}{measured}"
+            )
+
+        corpus_precision: list[dict[str, Any]] = []
+        attempt("tokenize-corpus fp32", "encode", lambda: tokenize("float32", False), need=30)
+        attempt("tokenize-corpus bf16 fast", "encode", lambda: tokenize("bfloat16", True), need=60)
+        reference["corpus_precision"] = corpus_precision
 
     # -- transformers reference -------------------------------------------------------------------------------
     if "hf" in wanted:
@@ -466,6 +520,7 @@ def main() -> int:
                     "batch": args.batch,
                     "seconds": args.seconds,
                     "rows": rows,
+                    "corpus_precision": reference.get("corpus_precision", []),
                 },
                 indent=1,
             )

@@ -26,11 +26,17 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check "${FIND_LINK
 "${PIP[@]}" --upgrade pip
 # The CPU build of torch, pinned, before anything that could ask a resolver for a (CUDA) build.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[dev,eval,server,corpus,export]"
+"${PIP[@]}" -e ".[dev,eval,server,corpus,export,serve-ray]"
 # Packages that pin other torch/hub versions: installed without their dependencies, which are listed here.
 "${PIP[@]}" --no-deps "moshi==0.2.13" "resemblyzer==0.1.4"
 "${PIP[@]}" sphn einops sentencepiece rustymimi librosa webrtcvad-wheels
+# transformers' MimiModel for `mimistack parity` (tests/test_parity_report.py): without its dependencies (they would
+# pull another hub client and tokenizers), plus the one it imports that nothing else here installs.
+"${PIP[@]}" --no-deps "transformers==5.24.0"
+"${PIP[@]}" regex
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# The corpus format tests (dev extra): Hugging Face datasets, polars and DuckDB, none of which may bring a torch.
+.venv/bin/python -c "import datasets, duckdb, polars, torch; assert torch.__version__.startswith('2.13.0')"
 
 if command -v npm >/dev/null; then
   for dir in web tests/js tests/js_protocol; do

@@ -43,7 +43,9 @@ def swept(tiny_codec: Codec, clip: np.ndarray, tmp_path_factory: pytest.TempPath
         input_name="clip.wav",
         progress=lambda done, total, label: calls.append((done, total, label)),
     )
-    assert calls[0] == (0, 96, "prefix_01") and calls[-1] == (96, 96, "done")
+    # 94 distinct level sets decoded first, then the 96 settings scored
+    assert calls[0] == (0, 94, "decoding prefix_01") and calls[-1] == (96, 96, "done")
+    assert (0, 96, "prefix_01") in calls
     return result
 
 
@@ -99,6 +101,35 @@ def test_sweep_scores_are_the_metrics_of_the_decoded_audio(
     np.testing.assert_allclose(on_disk, tiny_codec.decode(grid, "7"), atol=1e-4)  # 16-bit wav
 
 
+def test_batched_decoding_gives_the_samples_of_codec_decode(tiny_codec: Codec, clip: np.ndarray) -> None:
+    """One encoder pass, the decoder on stacked latents: batch 1 is `Codec.decode` exactly; larger batches agree
+    to float rounding, and an odd batch size (sets left over in the last call) changes nothing."""
+    from mimistack.analysis.level_sweep import decode_level_sets
+
+    grid = tiny_codec.encode(clip)
+    sets = [setting.levels for setting in analysis.sweep_settings(32)][::9]  # prefixes, solos and leave-outs
+    one = decode_level_sets(tiny_codec, grid, sets, batch_size=1)
+    batched = decode_level_sets(tiny_codec, grid, sets, batch_size=4)
+    assert set(one) == set(batched) == set(sets)
+    for levels in sets:
+        expected = tiny_codec.decode(grid, levels)
+        np.testing.assert_array_equal(one[levels], expected)
+        assert batched[levels].shape == expected.shape
+        assert np.linalg.norm(batched[levels] - expected) <= 1e-5 * np.linalg.norm(expected)
+    with pytest.raises(AnalysisError, match="batch_size"):
+        decode_level_sets(tiny_codec, grid, sets, batch_size=0)
+
+
+def test_batched_sweep_scores_match(tiny_codec: Codec, clip: np.ndarray, swept: SweepResult, tmp_path: Path) -> None:
+    batched = analysis.sweep(
+        tiny_codec, clip, out_dir=tmp_path / "b", metrics=SWEEP_METRICS, plots=False, batch_size=16
+    )
+    for row in swept.rows:
+        other = batched.row(row.setting.name)
+        assert other.values["snr"] == pytest.approx(row.values["snr"], abs=1e-4)
+    assert batched.timings["decode_seconds"] > 0 and batched.timings["score_seconds"] > 0
+
+
 def test_identical_level_sets_are_decoded_once(swept: SweepResult) -> None:
     assert swept.row("solo_00").audio_file == swept.row("prefix_01").audio_file
     assert swept.row("without_31").values == swept.row("prefix_31").values
@@ -122,10 +153,38 @@ def test_sweep_html_has_a_player_per_setting_and_states_the_weights(swept: Sweep
 
 def test_sweep_markdown_has_three_tables_and_the_weights(swept: SweepResult) -> None:
     text = (swept.out_dir / "results.md").read_text()
-    assert text.count("\n## ") == 3
+    assert text.count("\n## ") == 4  # prefixes, solos, leave-outs, and the bit rate of each level's tokens
+    assert "## Tokens: the bit rate each level needs" in text
+    assert len(swept.coded_bitrate) == 32 and all(
+        0 < bps < 200 for bps in swept.coded_bitrate.values()
+    )  # 15 frames: byte overheads
     assert swept.weights_sha256 in text and "RANDOM WEIGHTS" in text
     assert len(re.findall(r"^\| (prefix|solo|without)_\d\d \|", text, flags=re.M)) == 96
     assert TokenGrid.load(swept.out_dir / "tokens.mimi").num_frames == math.ceil(SECONDS * 12.5)
+
+
+def test_sweep_exports_codec_superb_entries_and_token_measures(
+    tiny_codec: Codec, clip: np.ndarray, tmp_path: Path
+) -> None:
+    import json
+
+    result = analysis.sweep(
+        tiny_codec,
+        clip,
+        out_dir=tmp_path / "s",
+        metrics=("mel_distance_superb", "stft_distance_superb", "waveform_l1", "snr"),
+        plots=False,
+        reencode=True,
+    )
+    data = json.loads((tmp_path / "s" / "codec_superb.json").read_text())
+    assert list(data) == [f"mimi-RANDOM-WEIGHTS_{k}q" for k in range(1, 33)]
+    entry = data["mimi-RANDOM-WEIGHTS_8q"]
+    assert set(entry) == {"Speech", "overall"} and set(entry["overall"]) == {"mel", "stft", "waveform"}
+    assert entry["overall"]["mel"] == pytest.approx(result.row("prefix_08").values["mel_distance_superb"])
+    row = result.row("prefix_32")
+    assert row.values["token_agreement"] is not None and 0.0 < row.values["token_agreement"] <= 1.0
+    assert row.values["token_edit_distance"] is not None and 0.0 <= row.values["token_edit_distance"] < 1.0
+    assert "token_agreement" in (tmp_path / "s" / "results.csv").read_text().splitlines()[0]
 
 
 def test_sweep_refuses_a_folder_in_use_and_unknown_metrics(
@@ -183,6 +242,22 @@ def test_stats_report_matches_the_statistics(tmp_path: Path) -> None:
     text = files["markdown"].read_text()
     assert "c" * 64 in text and "RANDOM WEIGHTS" in text
     assert files["plot"].read_bytes()[:8] == PNG_MAGIC
+    assert "entropy_coded_bps" not in rows[0]  # only when asked for
+
+
+def test_stats_report_lists_the_entropy_coded_bitrate(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    codes = np.zeros((32, 200), dtype=np.uint16)
+    codes[1] = rng.integers(0, 2048, 200)  # level 1 uniform: about 11 bits a token; level 0 constant: almost none
+    grid = TokenGrid(codes=codes, num_samples=200 * 1920, codebook_size=2048)
+    coded = scoring.coded_bitrates([grid])
+    assert set(coded) == set(range(32)) and coded[0] < 10 < 130 < coded[1] < 160
+    files = analysis.write_stats_report(analysis.level_stats([grid]), tmp_path / "s", coded_bitrate=coded)
+    rows = _csv_rows(files["csv"])
+    assert float(rows[1]["entropy_coded_bps"]) == pytest.approx(coded[1], rel=1e-5)
+    assert rows[1]["nominal_bps"] == "137.5"
+    assert "entropy-coded bit/s" in files["markdown"].read_text()
 
 
 # -- per-prefix quality ------------------------------------------------------------------------------------------
@@ -215,5 +290,35 @@ def test_prefix_quality_averages_per_prefix(tiny_codec: Codec, speech: list[Path
     assert len(_csv_rows(files["per_file"])) == 4
     assert "STOI ↑ mean ± std (n)" in files["markdown"].read_text()
     assert tiny_codec.weights_sha256 in files["markdown"].read_text()
+    import json
+
+    superb = json.loads(files["codec_superb"].read_text())
+    assert list(superb) == ["mimi-RANDOM-WEIGHTS_1q", "mimi-RANDOM-WEIGHTS_32q"]
+    fields = superb["mimi-RANDOM-WEIGHTS_1q"]["overall"]
+    assert set(fields) == {"stoi", "pesq", "pesq-wb"}  # snr has no Codec-SUPERB field
+    assert fields["stoi"] == pytest.approx(table.mean(1, "stoi")[0])
     with pytest.raises(AnalysisError, match="prefixes must lie"):
         analysis.prefix_quality(tiny_codec, clips, prefixes=(0, 8))
+
+
+def test_stats_against_a_reference_lists_token_agreement_and_edit_distance(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from mimistack.cli.main import main
+
+    codes = np.random.default_rng(0).integers(0, 2048, (32, 10)).astype(np.uint16)
+    shifted = np.concatenate([codes[:, :1], codes[:, :-1]], axis=1)  # one token inserted at the start of every row
+    a = TokenGrid(codes=codes, num_samples=10 * 1920, codebook_size=2048)
+    b = TokenGrid(codes=shifted, num_samples=10 * 1920, codebook_size=2048)
+    a.save(tmp_path / "a.mimi")
+    b.save(tmp_path / "b.mimi")
+    out = tmp_path / "report"
+    assert main(["stats", str(tmp_path / "b.mimi"), "--against", str(tmp_path / "a.mimi"), "-o", str(out), "-q"]) == 0
+    rows = _csv_rows(out / "comparison.csv")
+    assert len(rows) == 32 and rows[0]["file"] == "b.mimi"
+    # shifted by one frame: position-wise agreement collapses, the edit distance sees two edits in ten tokens
+    assert all(float(row["token_agreement"]) <= 0.3 for row in rows)
+    assert all(float(row["token_edit_distance"]) == pytest.approx(0.2) for row in rows)
+    text = (out / "stats.md").read_text()
+    assert "## Tokens against `a.mimi`" in text and "entropy-coded bit/s" in text
+    missing = tmp_path / "none.mimi"
+    assert main(["stats", str(tmp_path / "b.mimi"), "--against", str(missing), "-o", str(tmp_path / "r2")]) == 2

@@ -359,7 +359,7 @@ def test_runner_ray_without_ray_is_a_clear_error(
     ("extra", "message"),
     [
         pytest.param(["--runner", "local", "--address", "127.0.0.1:6379"], "is a Ray cluster", id="local-address"),
-        pytest.param(["--encoders", "2"], "--encoders sizes the Ray runner", id="auto-encoders"),
+        pytest.param(["--encoders", "2", "--device", "cuda"], "runs several CPU codecs", id="gpu-encoders"),
     ],
 )
 def test_options_the_local_runner_cannot_honour_are_refused(
@@ -377,3 +377,58 @@ def test_options_the_local_runner_cannot_honour_are_refused(
     assert not out.exists()
     with pytest.raises(CorpusError, match="unknown runner"):
         tokenize_corpus(audio_dir, out, tiny_checkpoint, runner="dask")  # type: ignore[arg-type]
+
+
+def test_reduced_precision_run_records_its_precision_and_measured_agreement(
+    audio_dir: Path, tiny_checkpoint: Path, tokenized: Path, tmp_path: Path, torch_threads: None
+) -> None:
+    """A bfloat16 run's manifest says so and holds the share of its tokens equal to strict float32 on the first
+    files, as recomputed here; a rerun with nothing to do keeps it; the exact float32 run says it is exact."""
+    assert json.loads((tokenized / "manifest.json").read_text())["precision"] == {
+        "engine": "torch",
+        "device": "cpu",
+        "dtype": "float32",
+        "fast": False,
+        "batch_seconds": 0.0,
+        "exact": True,
+        "agreement": None,
+    }
+    out = tmp_path / "bf16"
+    result = tokenize_corpus(audio_dir, out, tiny_checkpoint, threads=1, dtype="bfloat16", agreement_files=2)
+    precision = result.manifest["precision"]
+    assert {k: precision[k] for k in ("dtype", "fast", "exact")} == {"dtype": "bfloat16", "fast": False, "exact": False}
+    agreement = precision["agreement"]
+    assert isinstance(agreement, dict)
+    first = list(corpus.open(out))[:2]
+    exact = encode_on(tiny_checkpoint, torch.get_num_threads(), {r.id: Path(r.source_path) for r in first})
+    per_level = sum((r.grid.codes == exact[r.id]).sum(axis=1) for r in first) / sum(r.grid.num_frames for r in first)
+    assert agreement["files"] == 2 and len(agreement["per_level_equal"]) == 32
+    assert agreement["tokens_equal"] == round(float(per_level.mean()), 6)
+    assert agreement["per_level_equal"] == [round(float(v), 6) for v in per_level]
+    assert agreement["reference"] == "torch float32 on cpu, one file per call"
+    assert agreement["see"].startswith("mimistack precision CLIPS")  # the manifest points to the report
+    assert agreement["tokens_equal"] < 1.0, "bfloat16 rounds: some tokens differ from float32 on random weights"
+    again = tokenize_corpus(audio_dir, out, tiny_checkpoint, threads=1, dtype="bfloat16")
+    assert again.files_processed == 0 and again.manifest["precision"] == precision
+    # Codes of another precision must not join the folder (the plan records engine, dtype and fast path).
+    with pytest.raises(CorpusError, match=r"computed with engine=torch, dtype=bfloat16, fast=False, not .*float32"):
+        tokenize_corpus(audio_dir, out, tiny_checkpoint, threads=1)
+
+
+def test_parallel_encoders_write_what_one_codec_on_one_thread_writes(
+    audio_dir: Path, tiny_checkpoint: Path, tokenized: Path, tmp_path: Path, torch_threads: None
+) -> None:
+    """`encoders=2`: two codecs on one torch thread each, in two threads, each decoding and encoding whole files.
+    The same shard files, row for row, as one codec on one thread (the `tokenized` run), handed over in plan
+    order; no encode thread is left behind; torch's thread count is restored."""
+    torch.set_num_threads(2)
+    out = tmp_path / "parallel"
+    result = tokenize_corpus(audio_dir, out, tiny_checkpoint, encoders=2, files_per_shard=2)
+    assert torch.get_num_threads() == 2
+    assert (result.rows_written, result.errors) == (3, 3)
+    names = sorted(p.name for p in (tokenized / "shards").iterdir())
+    assert sorted(p.name for p in (out / "shards").iterdir()) == names
+    for name in names:
+        assert pq.read_table(out / "shards" / name).equals(pq.read_table(tokenized / "shards" / name)), name
+    assert (out / "errors.jsonl").read_text() == (tokenized / "errors.jsonl").read_text()
+    assert not [t for t in threading.enumerate() if t.name.startswith("mimistack-encode")]

@@ -133,6 +133,7 @@ class Codec:
                 num_threads=options.num_threads,
                 fast=options.fast,
                 compile=options.compile,
+                allow_tf32=options.allow_tf32,
             )
         else:
             from .engine.onnx_cache import load_onnx_engine

@@ -6,7 +6,8 @@ Measurement layer (the `[eval]` extra). Below it: `mimistack.config` (sample rat
 Two kinds of metric live here:
 
 - pure numpy, always available: `si_sdr`, `snr`, `multi_resolution_stft_distance`, `mel_distance`,
-  `word_error_rate` (on text);
+  `mel_distance_superb` (Codec-SUPERB's mel distance), `log_spectral_distance` (VERSA's LSD), `f0_rmse` and
+  `f0_correlation` (YIN pitch on voiced frames), `word_error_rate` (on text);
 - wrappers around optional packages, each raising `MissingDependencyError` with the exact install command when
   its package is missing: `stoi` (pystoi), `pesq_wb` (pesq), `visqol` (visqol-python), `transcribe` (pocketsphinx),
   `speaker_similarity` (resemblyzer), `dnsmos` (speechmos).
@@ -46,15 +47,22 @@ __all__ = [
     "available_metrics",
     "dnsmos",
     "evaluate",
+    "f0_correlation",
+    "f0_rmse",
+    "log_spectral_distance",
     "mel_distance",
+    "mel_distance_superb",
     "multi_resolution_stft_distance",
     "pesq_wb",
+    "pitch_track",
     "si_sdr",
     "snr",
     "speaker_similarity",
+    "stft_distance_superb",
     "stoi",
     "transcribe",
     "visqol",
+    "waveform_l1",
     "word_error_rate",
 ]
 
@@ -75,6 +83,12 @@ _REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "snr": ((), ""),
     "stft_distance": ((), ""),
     "mel_distance": ((), ""),
+    "mel_distance_superb": ((), ""),
+    "stft_distance_superb": ((), ""),
+    "waveform_l1": ((), ""),
+    "log_spectral_distance": ((), ""),
+    "f0_rmse": ((), ""),
+    "f0_correlation": ((), ""),
     "stoi": (("pystoi",), f"{_EVAL_HINT} (or: pip install pystoi)"),
     "pesq_wb": (("pesq",), f"{_EVAL_HINT} (or: pip install pesq)"),
     "visqol": (("visqol", "ai_edge_litert"), _VISQOL_HINT),
@@ -272,6 +286,242 @@ def mel_distance(
     log_ref = np.log10(np.maximum(ref_mel, _MAGNITUDE_FLOOR))
     log_est = np.log10(np.maximum(est_mel, _MAGNITUDE_FLOOR))
     return float(np.mean(np.abs(log_ref - log_est)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Codec-SUPERB / VERSA spectral distances and pitch
+
+
+def _stft_magnitude_reflect(pcm: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """Magnitude STFT `[frames, n_fft // 2 + 1]` as `torch.stft(center=True)` and `librosa.stft` compute it: periodic
+    Hann window of `n_fft`, the signal reflect-padded by `n_fft // 2` on both sides, `1 + N // hop` frames."""
+    pad = n_fft // 2
+    if pcm.size <= pad:
+        raise ValueError(f"the signal ({pcm.size} samples) is too short for a {n_fft}-point STFT")
+    padded = np.pad(pcm, (pad, pad), mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
+    return np.abs(np.fft.rfft(frames * window, axis=-1))
+
+
+def _slaney_hz_to_mel(frequency: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, `htk=False`): linear below 1 kHz, logarithmic above."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    logstep = np.log(6.4) / 27.0
+    frequency = np.asarray(frequency, dtype=np.float64)
+    mel = frequency / f_sp
+    return np.where(
+        frequency >= min_log_hz,
+        min_log_hz / f_sp + np.log(np.maximum(frequency, 1e-12) / min_log_hz) / logstep,
+        mel,
+    )
+
+
+def _slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+@functools.lru_cache(maxsize=8)
+def slaney_mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
+    """`librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)` with its defaults (Slaney scale, Slaney area
+    normalisation), in numpy: `[n_mels, n_fft // 2 + 1]`. What audiotools (and so Codec-SUPERB) uses."""
+    top = sample_rate / 2.0 if fmax is None else float(fmax)
+    fft_frequencies = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    edges = _slaney_mel_to_hz(
+        np.linspace(_slaney_hz_to_mel(np.array(fmin)), _slaney_hz_to_mel(np.array(top)), n_mels + 2)
+    )
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_frequencies[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    return np.asarray(weights * (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[:, None])
+
+
+_SUPERB_MEL_BANDS = ((150, 2048), (80, 512))
+_SUPERB_CLAMP = 1e-5
+
+
+def superb_mel_spectrograms(pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
+    """The two mel magnitude spectrograms `[frames, n_mels]` Codec-SUPERB's mel distance compares (150 mels at a
+    2048-sample window, 80 at 512, hop a quarter of the window)."""
+    signal = _check_pcm(pcm, "pcm")
+    sample_rate = _check_rate(sample_rate)
+    return [
+        _stft_magnitude_reflect(signal, window, window // 4) @ slaney_mel_filterbank(sample_rate, window, mels).T
+        for mels, window in _SUPERB_MEL_BANDS
+    ]
+
+
+def mel_distance_superb(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> float:
+    """Codec-SUPERB's mel distance; 0 for identical signals, lower is better.
+
+    Definition (Codec-SUPERB `src/codec_metrics/mel_loss.py` and `SoundCodec/metrics.py: MelSpectrogramLoss`, the
+    DAC mel loss through audiotools): for (n_mels, window) in ((150, 2048), (80, 512)), hop = window / 4, Hann
+    window, centred reflect-padded STFT magnitudes, mel filters of `librosa.filters.mel` (Slaney), fmin 0, fmax
+    Nyquist, at the files' own rate (no resampling):
+    `sum over both of mean|log10(max(M_ref, 1e-5)^2) - log10(max(M_est, 1e-5)^2)| + mean|M_ref - M_est|`
+    (log weight 1, magnitude weight 1, pow 2).
+    """
+    sample_rate = _check_rate(sample_rate)
+    ref, est = _check_pair(reference, estimate, sample_rate)
+    total = 0.0
+    for ref_mel, est_mel in zip(superb_mel_spectrograms(ref, sample_rate), superb_mel_spectrograms(est, sample_rate)):
+        log_ref = np.log10(np.maximum(ref_mel, _SUPERB_CLAMP) ** 2)
+        log_est = np.log10(np.maximum(est_mel, _SUPERB_CLAMP) ** 2)
+        total += float(np.mean(np.abs(log_ref - log_est))) + float(np.mean(np.abs(ref_mel - est_mel)))
+    return total
+
+
+def stft_distance_superb(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Codec-SUPERB's STFT distance ("stft" in its results); 0 for identical signals, lower is better.
+
+    Definition (Codec-SUPERB `SoundCodec/metrics.py: MultiScaleSTFTLoss`, DAC's loss): for windows 2048 and 512,
+    hop = window / 4, Hann, centred reflect-padded STFT magnitudes S:
+    `sum over both of mean|log10(max(S_ref, 1e-5)^2) - log10(max(S_est, 1e-5)^2)| + mean|S_ref - S_est|`.
+    """
+    ref, est = _check_pair(reference, estimate)
+    total = 0.0
+    for window in (2048, 512):
+        ref_mag = _stft_magnitude_reflect(ref, window, window // 4)
+        est_mag = _stft_magnitude_reflect(est, window, window // 4)
+        log_ref = np.log10(np.maximum(ref_mag, _SUPERB_CLAMP) ** 2)
+        log_est = np.log10(np.maximum(est_mag, _SUPERB_CLAMP) ** 2)
+        total += float(np.mean(np.abs(log_ref - log_est))) + float(np.mean(np.abs(ref_mag - est_mag)))
+    return total
+
+
+def waveform_l1(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Mean absolute sample difference ("waveform" in Codec-SUPERB's results: `L1Loss` on the audio)."""
+    ref, est = _check_pair(reference, estimate)
+    return float(np.mean(np.abs(ref - est)))
+
+
+def log_spectral_distance(
+    reference: np.ndarray,
+    estimate: np.ndarray,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    fft_seconds: float = 0.032,
+    hop_seconds: float = 0.016,
+    eps: float = 1e-8,
+) -> float:
+    """Log-spectral distance (LSD), as VERSA and the URGENT challenge define it; 0 for a scaled copy, lower is
+    better.
+
+    Codec-SUPERB itself defines no LSD (its spectral measure is the STFT and mel distance); this is the definition
+    of VERSA (`versa/utterance_metrics/...` after URGENT 2025 `evaluation_metrics/calculate_intrusive_se_metrics.py:
+    lsd_metric`): the estimate is first scaled by `sum(ref * est) / (sum(est^2) + eps)`; with centred STFT
+    magnitudes R, E `[frames, bins]` (n_fft = 32 ms, hop = 16 ms, Hann),
+    `LSD = mean over frames of sqrt(mean over bins of ln(R^2 / (E + eps)^2 + eps)^2)`. As published, eps is
+    added to magnitudes, so signals with near-empty bins (|X| ~ 1e-8, e.g. a pure tone) score above 0 even
+    against themselves; broadband audio scores 0 against a scaled copy.
+    """
+    sample_rate = _check_rate(sample_rate)
+    ref, est = _check_pair(reference, estimate, sample_rate)
+    est = est * (float(ref @ est) / (float(est @ est) + eps))
+    n_fft, hop = int(sample_rate * fft_seconds), int(sample_rate * hop_seconds)
+    ref_spec = _stft_magnitude(ref, n_fft, hop)  # librosa.stft's defaults: centred, zero-padded, periodic Hann
+    est_spec = _stft_magnitude(est, n_fft, hop)
+    ratio = np.log(ref_spec**2 / (est_spec + eps) ** 2 + eps) ** 2
+    return float(np.mean(np.sqrt(np.mean(ratio, axis=1))))
+
+
+_F0_MIN, _F0_MAX = 50.0, 800.0
+_YIN_THRESHOLD = 0.15
+_F0_HOP_SECONDS = 0.01
+_SILENCE_DB = 40.0
+
+
+def pitch_track(
+    pcm: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    f0_min: float = _F0_MIN,
+    f0_max: float = _F0_MAX,
+    hop_seconds: float = _F0_HOP_SECONDS,
+    threshold: float = _YIN_THRESHOLD,
+) -> np.ndarray:
+    """F0 in Hz every `hop_seconds` (0 where unvoiced), by YIN (de Cheveigné & Kawahara, JASA 2002).
+
+    pyworld, the usual choice, does not import on current setuptools here, so this numpy YIN stands in: per frame
+    (window = 2 periods of `f0_min`), the cumulative-mean-normalised difference function d'(tau); the first tau in
+    [sr/f0_max, sr/f0_min] with d'(tau) < `threshold`, moved to its local minimum and refined by parabolic
+    interpolation, gives f0 = sr / tau. A frame is voiced when such a tau exists and its RMS is within 40 dB of
+    the loudest frame's.
+    """
+    signal = _check_pcm(pcm, "pcm")
+    sample_rate = _check_rate(sample_rate)
+    if not 0 < f0_min < f0_max < sample_rate / 2:
+        raise ValueError(f"need 0 < f0_min < f0_max < Nyquist, got {f0_min}, {f0_max}")
+    tau_min, tau_max = max(2, int(sample_rate / f0_max)), int(np.ceil(sample_rate / f0_min))
+    width = tau_max  # integration window
+    hop = max(1, round(hop_seconds * sample_rate))
+    span = width + tau_max + 1
+    count = 1 + len(signal) // hop
+    padded = np.pad(signal, (span // 2, span))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, span)[::hop][:count]
+    size = 1 << int(np.ceil(np.log2(2 * span)))
+    spectrum = np.fft.rfft(frames, size, axis=1)
+    head = np.fft.rfft(frames[:, :width], size, axis=1)
+    correlation = np.fft.irfft(np.conj(head) * spectrum, size, axis=1)[:, : tau_max + 1]
+    squares = np.concatenate([np.zeros((len(frames), 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    energy_0 = squares[:, width][:, None]
+    taus = np.arange(tau_max + 1)
+    energy_tau = squares[:, taus + width] - squares[:, taus]
+    difference = np.maximum(energy_0 + energy_tau - 2.0 * correlation, 0.0)
+    cumulative = np.cumsum(difference[:, 1:], axis=1)
+    normalised = np.ones_like(difference)
+    normalised[:, 1:] = difference[:, 1:] * taus[1:] / np.maximum(cumulative, 1e-12)
+    rms = np.sqrt(energy_0[:, 0] / width)
+    loud = rms > (rms.max() * 10.0 ** (-_SILENCE_DB / 20.0) if rms.max() > 0 else np.inf)
+    f0 = np.zeros(len(frames))
+    for index in np.flatnonzero(loud):
+        row = normalised[index]
+        below = np.flatnonzero(row[tau_min : tau_max + 1] < threshold)
+        if below.size == 0:
+            continue
+        tau = tau_min + int(below[0])
+        while tau + 1 <= tau_max and row[tau + 1] < row[tau]:
+            tau += 1
+        shift = 0.0
+        if tau_min < tau < tau_max:
+            a, b, c = row[tau - 1], row[tau], row[tau + 1]
+            denominator = a - 2 * b + c
+            shift = 0.5 * (a - c) / denominator if denominator > 0 else 0.0
+        f0[index] = sample_rate / (tau + shift)
+    return f0
+
+
+def _voiced_pair(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    sample_rate = _check_rate(sample_rate)
+    ref, est = _check_pair(reference, estimate, sample_rate)
+    f0_ref, f0_est = pitch_track(ref, sample_rate), pitch_track(est, sample_rate)
+    voiced = (f0_ref > 0) & (f0_est > 0)
+    if voiced.sum() < 2:
+        raise ValueError("fewer than 2 frames are voiced in both signals: no F0 to compare")
+    return f0_ref[voiced], f0_est[voiced]
+
+
+def f0_rmse(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> float:
+    """Root-mean-square F0 difference in Hz over the frames voiced in both (`pitch_track`, 10 ms frames, no time
+    warping: a codec keeps time); lower is better. Raises ValueError when fewer than 2 frames are voiced in both."""
+    f0_ref, f0_est = _voiced_pair(reference, estimate, sample_rate)
+    return float(np.sqrt(np.mean((f0_ref - f0_est) ** 2)))
+
+
+def f0_correlation(reference: np.ndarray, estimate: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> float:
+    """Pearson correlation of the two F0 tracks over the frames voiced in both (as Codec-SUPERB's F0 correlation
+    and VERSA's F0CORR, without their time warping); higher is better. A flat track in either gives 0."""
+    f0_ref, f0_est = _voiced_pair(reference, estimate, sample_rate)
+    a, b = f0_ref - f0_ref.mean(), f0_est - f0_est.mean()
+    denominator = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
 def _words(text: str) -> list[str]:
@@ -490,6 +740,12 @@ class MetricResult:
     snr: float | None = None  # dB
     stft_distance: float | None = None  # multi-resolution STFT distance
     mel_distance: float | None = None  # log10-mel L1
+    mel_distance_superb: float | None = None  # Codec-SUPERB's two-resolution mel distance
+    stft_distance_superb: float | None = None  # Codec-SUPERB's two-resolution STFT distance
+    waveform_l1: float | None = None  # mean absolute sample difference
+    log_spectral_distance: float | None = None  # VERSA / URGENT LSD (natural-log power ratio)
+    f0_rmse: float | None = None  # Hz, on frames voiced in both
+    f0_correlation: float | None = None  # Pearson, on frames voiced in both
     stoi: float | None = None
     pesq_wb: float | None = None
     visqol: float | None = None
@@ -532,6 +788,18 @@ def evaluate(
             values[name] = multi_resolution_stft_distance(ref, est)
         elif name == "mel_distance":
             values[name] = mel_distance(ref, est, sample_rate=sample_rate)
+        elif name == "mel_distance_superb":
+            values[name] = mel_distance_superb(ref, est, sample_rate=sample_rate)
+        elif name == "stft_distance_superb":
+            values[name] = stft_distance_superb(ref, est)
+        elif name == "waveform_l1":
+            values[name] = waveform_l1(ref, est)
+        elif name == "log_spectral_distance":
+            values[name] = log_spectral_distance(ref, est, sample_rate=sample_rate)
+        elif name == "f0_rmse":
+            values[name] = f0_rmse(ref, est, sample_rate=sample_rate)
+        elif name == "f0_correlation":
+            values[name] = f0_correlation(ref, est, sample_rate=sample_rate)
         elif name == "stoi":
             values[name] = stoi(ref, est, sample_rate)
         elif name == "pesq_wb":

@@ -11,17 +11,25 @@ Above it: `cli.ops` (`mimistack sweep`, `stats`, `quality`). Plots use matplotli
 * `level_stats(grids)` (`mimistack.stats`) and `write_stats_report` (`report`) give per-level codebook usage,
   entropy and perplexity.
 * `prefix_quality(codec, files)` and `write_quality_report` (`quality`) give mean STOI / PESQ-WB per prefix over
-  many files: the per-level table that papers publish.
+  many files: the per-level table that papers publish. `sweep` and `quality` also write `codec_superb.json`, the
+  prefixes as Codec-SUPERB result entries.
+* `run_parity(weights, clips, out_dir=...)` (`parity`) holds every installed Mimi implementation (moshi, transformers,
+  rustymimi, mimistack torch and ONNX) to one reference, per level; `run_precision(...)` (`precision`) holds the
+  reduced-precision paths of this machine to exact fp32, with the quantizer's near-tie margins (`agreement`).
 
-Underneath: `scoring` (metric names, scoring one decoding, random weights), `render` (tables, banner, files) and
-`plots` (the figures). Every report states the sha256 of the weights that produced it, and warns loudly when they
-are random: audio decoded with random weights is noise, and its scores say nothing about Mimi.
+Underneath: `agreement` (per-level token agreement, first differences, margins), `variants` (the ONNX graphs of
+every variant), `scoring` (metric names, scoring one decoding, random weights, entropy-coded bit rates), `render`
+(tables, banner, files, Codec-SUPERB entries) and `plots` (the figures). Every report states the sha256 of the
+weights that produced it, and warns loudly when they are random: audio decoded with random weights is noise, and
+its scores say nothing about Mimi.
 """
 
 from __future__ import annotations
 
 from ..stats import LevelStats, level_stats
-from .level_sweep import SweepResult, SweepRow, SweepSetting, sweep, sweep_settings
+from .level_sweep import SweepResult, SweepRow, SweepSetting, decode_level_sets, sweep, sweep_settings
+from .parity import IMPLEMENTATIONS, ParityResult, run_parity
+from .precision import PRECISION_PATHS, PrecisionResult, run_precision
 from .quality import DEFAULT_QUALITY_PREFIXES, QualityTable, prefix_quality, quality_markdown, write_quality_report
 from .render import RANDOM_BANNER
 from .report import write_stats_report
@@ -30,17 +38,24 @@ from .scoring import DEFAULT_SWEEP_METRICS, AnalysisError, Progress, weights_are
 __all__ = [
     "DEFAULT_QUALITY_PREFIXES",
     "DEFAULT_SWEEP_METRICS",
+    "IMPLEMENTATIONS",
+    "PRECISION_PATHS",
     "RANDOM_BANNER",
     "AnalysisError",
     "LevelStats",
+    "ParityResult",
+    "PrecisionResult",
     "Progress",
     "QualityTable",
     "SweepResult",
     "SweepRow",
     "SweepSetting",
+    "decode_level_sets",
     "level_stats",
     "prefix_quality",
     "quality_markdown",
+    "run_parity",
+    "run_precision",
     "sweep",
     "sweep_settings",
     "weights_are_random",

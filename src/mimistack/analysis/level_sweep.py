@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import html
+import json
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -25,10 +27,13 @@ from .._version import __version__
 from ..audio import save_audio, validate_pcm
 from ..codec import Codec
 from ..levels import Levels
+from ..stats import token_agreement, token_edit_distance
 from ..tokens import TokenGrid
 from . import plots as figures
 from .render import (
     RANDOM_BANNER,
+    codec_superb_entry,
+    codec_superb_name,
     csv_number,
     csv_text,
     heading,
@@ -38,7 +43,16 @@ from .render import (
     weights_lines,
     write_report_text,
 )
-from .scoring import AnalysisError, Progress, Scores, metric_columns, resolve_metrics, score, weights_are_random
+from .scoring import (
+    AnalysisError,
+    Progress,
+    Scores,
+    coded_bitrates,
+    metric_columns,
+    resolve_metrics,
+    score,
+    weights_are_random,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +124,8 @@ class SweepResult:
     num_frames: int
     reference_text: str | None
     original_transcript: str | None
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)  # decode_seconds, score_seconds
+    coded_bitrate: dict[int, float] = dataclasses.field(default_factory=dict)  # level -> entropy-coded bit/s
 
     def row(self, name: str) -> SweepRow:
         for row in self.rows:
@@ -129,6 +145,73 @@ class _Decoded:
     errors: list[str]
 
 
+TOKEN_COLUMNS = ("token_agreement", "token_edit_distance")
+
+
+def _token_measures(codec: Codec, grid: TokenGrid, estimate: NDArray[np.float32], setting: SweepSetting) -> Scores:
+    """Re-encode a decoding; mean token agreement and edit distance against `grid` over the setting's levels."""
+    again = codec.encode(estimate)
+    levels = list(setting.levels)
+    agreement = token_agreement(grid, again)
+    distance = token_edit_distance(grid, again)
+    return {
+        "token_agreement": float(np.mean([agreement[level] for level in levels])),
+        "token_edit_distance": float(np.mean([distance[level] for level in levels])),
+    }
+
+
+def codec_superb_results(result: SweepResult) -> dict[str, dict[str, dict[str, float]]]:
+    """Every prefix as a Codec-SUPERB result entry (`mimi_1q` … `mimi_32q`), from the sweep's scores."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row in _table_rows(result, "prefix"):
+        out.update(codec_superb_entry(codec_superb_name(len(row.setting.levels), result.random_weights), row.values))
+    return out
+
+
+def decode_level_sets(
+    codec: Codec,
+    grid: TokenGrid,
+    level_sets: Sequence[Levels],
+    *,
+    batch_size: int = 1,
+    progress: Progress | None = None,
+    labels: Mapping[Levels, str] | None = None,
+) -> dict[Levels, NDArray[np.float32]]:
+    """Decode `grid` once per level set: the latent of each set (`engine.latent_from_codes`, the sum of its levels'
+    terms) stacked along the batch, `batch_size` rows per decoder call (`engine.decode_latent`), in the same chunks
+    of `codec.chunk_frames` frames and the same window-mode state as `Codec.decode`. Returns level set -> pcm
+    `[grid.num_samples]`. An engine on its whole-input fast path decodes one set per `Codec.decode` call instead
+    (its fast path takes codes, not latents). `progress(done, total, label)` is told "decoding <label>" per call,
+    the label of a set from `labels` (default: the set itself)."""
+    if batch_size < 1:
+        raise AnalysisError(f"batch_size must be at least 1, got {batch_size}")
+    engine = codec.engine
+    out: dict[Levels, NDArray[np.float32]] = {}
+    sets = list(dict.fromkeys(level_sets))
+    frames = grid.num_frames
+    if frames == 0 or 0 < frames <= engine.whole_max_frames:
+        for done, levels in enumerate(sets):
+            if progress is not None:
+                progress(done, len(sets), f"decoding {(labels or {}).get(levels, levels)}")
+            out[levels] = codec.decode(grid, levels)
+        return out
+    codes = np.ascontiguousarray(grid.codes, dtype=np.int64)[None]
+    for start in range(0, len(sets), batch_size):
+        group = sets[start : start + batch_size]
+        if progress is not None:
+            progress(start, len(sets), f"decoding {(labels or {}).get(group[0], group[0])}")
+        latent = np.concatenate([engine.latent_from_codes(codes, grid.check_levels(levels)) for levels in group])
+        state = engine.init_decoder_state(len(group), "window")
+        parts = []
+        for first in range(0, frames, codec.chunk_frames):
+            part, state = engine.decode_latent(latent[..., first : first + codec.chunk_frames], state, "window")
+            parts.append(part)
+        pcm = np.concatenate(parts, axis=-1)
+        for row, levels in enumerate(group):
+            out[levels] = np.ascontiguousarray(pcm[row, 0, : grid.num_samples], dtype=np.float32)
+    return out
+
+
 def sweep(
     codec: Codec,
     pcm: ArrayLike,
@@ -141,6 +224,8 @@ def sweep(
     input_name: str = "input",
     weights_label: str | None = None,
     plots: bool = True,
+    batch_size: int = 1,
+    reencode: bool = False,
 ) -> SweepResult:
     """Decode every prefix, solo and leave-one-out level set of `pcm` (float32 `[N]` at the codec's rate) and
     report how each scores against the original.
@@ -150,9 +235,21 @@ def sweep(
     `results.csv`, `results.md`, `index.html`, `quality_vs_levels.png`, `per_level.png`, `token_grid.png`,
     `spectrograms.png`, `tokens.mimi` and `audio/*.wav`. Identical level sets (level 0 alone = the 1-level
     prefix; all but the last = the 31-level prefix) are decoded once and share a wav file.
+
+    Decoding is one encoder pass and then the decoder on the stacked latents of the level sets
+    (`decode_level_sets`), `batch_size` sets per decoder call: 1 (the default) gives exactly `codec.decode`'s
+    samples; larger batches pay off on a GPU and agree with it to float rounding (about 1e-7).
+
+    `reencode`: also encode each prefix's decoding again and add the token measures of `mimistack.stats` against
+    the input's tokens, over that prefix's levels (`token_agreement`: mean fraction of equal tokens,
+    `token_edit_distance`: mean normalised edit distance). `codec_superb.json` holds the prefixes in the layout of
+    a Codec-SUPERB result entry (`render.codec_superb_entry`); `results.md` lists the entropy-coded bit/s each
+    level of the input's tokens needs, next to the nominal fixed-width rate.
     """
+    if batch_size < 1:
+        raise AnalysisError(f"batch_size must be at least 1, got {batch_size}")
     names = resolve_metrics(metrics, reference_text)
-    columns = metric_columns(names)
+    columns = metric_columns(names) + (TOKEN_COLUMNS if reencode else ())
     original = validate_pcm(pcm)
     if original.size == 0:
         raise AnalysisError("the input holds no audio")
@@ -172,6 +269,15 @@ def sweep(
         original_transcript = metrics_module.transcribe(original, codec.sample_rate)
 
     settings = sweep_settings(codec.num_levels)
+    names_of: dict[Levels, str] = {}
+    for setting in settings:
+        names_of.setdefault(setting.levels, setting.name)
+    started = time.perf_counter()
+    estimates = decode_level_sets(
+        codec, grid, list(names_of), batch_size=batch_size, progress=progress, labels=names_of
+    )
+    timings = {"decode_seconds": time.perf_counter() - started}
+    started = time.perf_counter()
     decoded: dict[tuple[int, ...], _Decoded] = {}
     rows = []
     for done, setting in enumerate(settings):
@@ -179,10 +285,12 @@ def sweep(
             progress(done, len(settings), setting.name)
         key = setting.levels.indices
         if key not in decoded:
-            estimate = codec.decode(grid, setting.levels)
+            estimate = estimates[setting.levels]
             audio_file = f"audio/{setting.name}.wav"
             save_audio(folder / audio_file, estimate, codec.sample_rate, force=True)
             values, transcript, errors = score(original, estimate, names, codec.sample_rate, reference_text)
+            if reencode:
+                values.update(_token_measures(codec, grid, estimate, setting))
             decoded[key] = _Decoded(estimate, audio_file, values, transcript, errors)
         shared = decoded[key]
         rows.append(
@@ -195,6 +303,7 @@ def sweep(
                 tuple(shared.errors),
             )
         )
+    timings["score_seconds"] = time.perf_counter() - started
     if progress is not None:
         progress(len(settings), len(settings), "done")
 
@@ -210,10 +319,15 @@ def sweep(
         num_frames=grid.num_frames,
         reference_text=reference_text,
         original_transcript=original_transcript,
+        timings=timings,
+        coded_bitrate=coded_bitrates([grid]),
     )
     if plots:
         files.update(_sweep_plots(result, grid, original, decoded, codec))
     files["csv"] = write_report_text(folder / "results.csv", _sweep_csv(result))
+    files["codec_superb"] = write_report_text(
+        folder / "codec_superb.json", json.dumps(codec_superb_results(result), indent=2) + "\n"
+    )
     files["markdown"] = write_report_text(folder / "results.md", _sweep_markdown(result, input_name))
     files["html"] = write_report_text(folder / "index.html", _sweep_html(result, input_name))
     return result
@@ -341,6 +455,20 @@ def _sweep_markdown(result: SweepResult, input_name: str) -> str:
             for row in _table_rows(result, kind)
         ]
         lines += [f"## {title}", "", *markdown_table(header, rows), ""]
+    if result.coded_bitrate:
+        nominal = result.rows[0].bitrate if result.rows else 0.0
+        lines += [
+            "## Tokens: the bit rate each level needs",
+            "",
+            f"Entropy-coded: what the adaptive range coder of `.mimi` files needs for these tokens, next to the "
+            f"nominal fixed-width {nominal:g} bit/s per level.",
+            "",
+            *markdown_table(
+                ["level", "entropy-coded bit/s", "nominal bit/s"],
+                [[str(level), f"{bps:.1f}", f"{nominal:g}"] for level, bps in sorted(result.coded_bitrate.items())],
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 

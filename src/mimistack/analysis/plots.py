@@ -192,3 +192,36 @@ def level_statistics(stats: LevelStats, title: str) -> Figure:
     figure.colorbar(image, ax=axis, label="log10 frequency")
     figure.suptitle(title)
     return figure
+
+
+def agreement_heatmap(names: Sequence[str], agreement: NDArray[np.float64], title: str) -> Figure:
+    """Implementation (rows) × level (columns): the fraction of tokens equal to the reference's, 0..1."""
+    rows = max(1, len(names))
+    figure = _figure_class()(figsize=(12, 1.2 + 0.4 * rows))
+    figure.subplots_adjust(left=0.2, right=0.98, bottom=0.5 / (1.2 + 0.4 * rows) + 0.1, top=0.85)
+    axis = figure.add_subplot(1, 1, 1)
+    data = agreement if agreement.size else np.zeros((1, 1))
+    image = axis.imshow(data, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=1.0)
+    axis.set_yticks(range(len(names)), labels=list(names))
+    axis.set_xlabel("level")
+    figure.colorbar(image, ax=axis, label="tokens equal to the reference")
+    axis.set_title(title)
+    return figure
+
+
+def margin_distribution(margins: NDArray[np.float64], title: str) -> Figure:
+    """Per level, the 1st, 10th and 50th percentile of the nearest-centroid margin `[K, T]` (log scale)."""
+    figure = _figure_class()(figsize=(10, 4))
+    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.13, top=0.88)
+    axis = figure.add_subplot(1, 1, 1)
+    levels = np.arange(margins.shape[0])
+    for quantile in (0.01, 0.1, 0.5):
+        values = np.maximum(np.quantile(margins, quantile, axis=1), 1e-9) if margins.size else np.zeros(0)
+        axis.plot(levels[: len(values)], values, marker=".", label=f"{round(100 * quantile)}th percentile")
+    axis.set_yscale("log")
+    axis.set_xlabel("level")
+    axis.set_ylabel("(d2 - d1) / d1")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize="small")
+    axis.set_title(title)
+    return figure

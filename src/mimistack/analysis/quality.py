@@ -8,6 +8,7 @@ Sits on `scoring` (metrics, `weights_are_random`), `render` (tables, files), `co
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -22,6 +23,8 @@ from ..codec import Codec
 from ..levels import Levels
 from .render import (
     Cell,
+    codec_superb_entry,
+    codec_superb_name,
     csv_number,
     csv_text,
     heading,
@@ -134,10 +137,24 @@ def quality_markdown(table: QualityTable) -> str:
     return "\n".join(lines + markdown_table(header, rows)) + "\n"
 
 
+def codec_superb_results(table: QualityTable) -> dict[str, dict[str, dict[str, float]]]:
+    """Each prefix as a Codec-SUPERB result entry (`mimi_8q`: the mean over the files of each metric that fills a
+    Codec-SUPERB field, see `render.CODEC_SUPERB_FIELDS`)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for prefix in table.prefixes:
+        means: Scores = {}
+        for metric in table.metrics:
+            mean, _, count = table.mean(prefix, metric)
+            means[metric] = mean if count else None
+        out.update(codec_superb_entry(codec_superb_name(prefix, table.random_weights), means))
+    return out
+
+
 def write_quality_report(
     table: QualityTable, out_dir: str | os.PathLike[str], *, force: bool = False
 ) -> dict[str, Path]:
-    """Write `quality.md` (means per prefix), `quality.csv` (the same) and `quality_per_file.csv`."""
+    """Write `quality.md` (means per prefix), `quality.csv` (the same), `quality_per_file.csv` and
+    `codec_superb.json` (each prefix as a Codec-SUPERB result entry, `codec_superb_results`)."""
     folder = prepare_dir(out_dir, force)
     header = ["levels"] + [f"{m}_{stat}" for m in table.metrics for stat in ("mean", "std", "count")]
     rows = []
@@ -153,6 +170,9 @@ def write_quality_report(
         for prefix in table.prefixes
     ]
     return {
+        "codec_superb": write_report_text(
+            folder / "codec_superb.json", json.dumps(codec_superb_results(table), indent=2) + "\n"
+        ),
         "markdown": write_report_text(folder / "quality.md", quality_markdown(table)),
         "csv": write_report_text(folder / "quality.csv", csv_text(header, rows)),
         "per_file": write_report_text(

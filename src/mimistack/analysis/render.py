@@ -28,6 +28,14 @@ COLUMNS: dict[str, tuple[str, bool]] = {
     "snr": ("SNR (dB)", True),
     "stft_distance": ("MR-STFT distance", False),
     "mel_distance": ("mel distance", False),
+    "mel_distance_superb": ("mel distance (Codec-SUPERB)", False),
+    "stft_distance_superb": ("STFT distance (Codec-SUPERB)", False),
+    "waveform_l1": ("waveform L1", False),
+    "token_agreement": ("re-encoded tokens equal", True),
+    "token_edit_distance": ("re-encoded token edit distance", False),
+    "log_spectral_distance": ("LSD", False),
+    "f0_rmse": ("F0 RMSE (Hz)", False),
+    "f0_correlation": ("F0 correlation", True),
     "stoi": ("STOI", True),
     "pesq_wb": ("PESQ-WB", True),
     "visqol": ("ViSQOL", True),
@@ -89,6 +97,37 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
+
+
+CODEC_SUPERB_FIELDS: dict[str, str] = {
+    "mel": "mel_distance_superb",
+    "stft": "stft_distance_superb",
+    "waveform": "waveform_l1",
+    "pesq": "pesq_wb",
+    "pesq-wb": "pesq_wb",
+    "stoi": "stoi",
+    "f0corr": "f0_correlation",
+}
+"""Field of a Codec-SUPERB result entry -> the mimistack metric that fills it. Codec-SUPERB's "pesq" and
+"pesq-wb" are both wide-band PESQ at 16 kHz; its "f0corr" is parselmouth pitch with DTW alignment, ours is YIN
+without warping (`metrics.f0_correlation`), so that one field is comparable in kind, not digit for digit."""
+
+
+def codec_superb_entry(codec_name: str, scores: dict[str, float | None]) -> dict[str, dict[str, dict[str, float]]]:
+    """One result entry in Codec-SUPERB's layout, `{codec: {"Speech": {field: value}, "overall": {...}}}`, from
+    mean metric values (`scores`: metric name -> value); fields whose metric was not measured are left out."""
+    fields = {
+        field: float(value)
+        for field, metric in CODEC_SUPERB_FIELDS.items()
+        if (value := scores.get(metric)) is not None
+    }
+    return {codec_name: {"Speech": dict(fields), "overall": dict(fields)}}
+
+
+def codec_superb_name(num_levels: int, random: bool) -> str:
+    """The codec name of a result entry: `mimi_8q` (8 levels); `mimi-RANDOM-WEIGHTS_8q` for random weights, so that
+    an entry pasted into a leaderboard cannot pass for Mimi's."""
+    return f"mimi{'-RANDOM-WEIGHTS' if random else ''}_{num_levels}q"
 
 
 def weights_lines(label: str, sha256: str, random: bool) -> list[str]:

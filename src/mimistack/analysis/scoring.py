@@ -18,6 +18,8 @@ from safetensors import safe_open
 from .. import metrics as metrics_module
 from ..codec import RANDOM_WEIGHTS, Codec
 from ..errors import MimistackError
+from ..mimifile import measure_coding
+from ..tokens import TokenGrid
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,17 @@ def weights_are_random(codec: Codec) -> bool:
             return False
         return note.startswith("random weights")
     return False
+
+
+def coded_bitrates(grids: Sequence[TokenGrid]) -> dict[int, float]:
+    """Per level present in every grid: the bit/s the adaptive range coder of `.mimi` files needs for these
+    tokens (`mimifile.measure_coding`), next to the nominal fixed-width rate (137.5 bit/s for Mimi)."""
+    grids = [grid for grid in grids if grid.num_frames]
+    if not grids:
+        return {}
+    measured = measure_coding(grids)
+    rate = grids[0].frame_rate
+    return {level: bits * rate for level, bits in zip(measured.levels, measured.range_bits_per_token, strict=True)}
 
 
 def metric_columns(names: Sequence[str]) -> tuple[str, ...]:

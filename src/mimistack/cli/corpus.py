@@ -37,6 +37,7 @@ def cmd_tokenize_corpus(args: argparse.Namespace) -> int:
         files_per_shard=args.files_per_shard,
         progress=not args.quiet,
         fast=args.fast,
+        agreement_files=args.agreement_files,
     )
     counts = result.manifest["counts"]
     print(
@@ -74,6 +75,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text}")
+    return value
+
+
 def register(command: Command) -> None:
     p = command(
         "tokenize-corpus",
@@ -85,8 +93,9 @@ def register(command: Command) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="a folder (searched recursively for audio), a quoted glob, or a manifest (.csv, .jsonl, "
-        ".parquet with a 'path' and an optional 'id' column)",
+        help="a folder (searched recursively for audio), a quoted glob, a manifest (.csv, .jsonl, "
+        ".parquet with a 'path' and an optional 'id' column), a WebDataset .tar shard, or a Hugging Face "
+        "datasets-style .parquet/.arrow table with an audio column (or a save_to_disk folder)",
     )
     p.add_argument(
         "-o", "--output", required=True, help="output folder (created; an existing tokenize-corpus output is resumed)"
@@ -134,7 +143,15 @@ def register(command: Command) -> None:
         type=_positive_int,
         default=None,
         help="Ray runner: encoder actors (default: one per GPU with --device cuda, else CPUs / --threads; "
-        "--threads is then per actor)",
+        "--threads is then per actor). Local runner on CPU: that many codecs in this process, each on --threads "
+        "threads (default 1), parallel over files (default: one codec on every CPU)",
+    )
+    p.add_argument(
+        "--agreement-files",
+        type=_non_negative_int,
+        default=8,
+        help="reduced precision (--dtype bfloat16/float16 or --fast): re-encode this many of the written files "
+        "in strict float32 afterwards and record the share of equal tokens in manifest.json (default 8; 0: off)",
     )
     p.add_argument(
         "--files-per-shard",

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .._version import __version__
-from . import core, corpus, onnx, ops, server, stream
+from . import core, corpus, evaluate, onnx, ops, server, stream
 from .common import CliError, add_model_options
 from .table import Handler
 
@@ -25,6 +25,7 @@ REGISTRARS: tuple[Callable[..., None], ...] = (
     corpus.register,
     server.register,
     onnx.register,
+    evaluate.register,
 )
 """Every command module, in the order `--help` lists their commands."""
 

@@ -239,6 +239,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise CliError(f"{out_dir} exists and is not empty; pass --force to write into it")
     codec = load_codec(args)
     pcm = load_audio(source, sample_rate=codec.sample_rate)
+    if args.batch < 1:
+        raise CliError(f"--batch must be at least 1, got {args.batch}")
     if args.max_seconds is not None:
         if args.max_seconds <= 0:
             raise CliError(f"--max-seconds must be positive, got {args.max_seconds}")
@@ -256,12 +258,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 input_name=source.name,
                 weights_label=args.weights,
                 plots=not args.no_plots,
+                batch_size=args.batch,
+                reencode=args.reencode,
             )
     except MissingDependencyError as error:
         raise CliError(str(error)) from error
     print(
         f"{len(result.rows)} settings of {source.name} ({result.duration:.2f} s) -> {out_dir}/: index.html, "
-        "results.csv, results.md, plots, audio/"
+        "results.csv, results.md, codec_superb.json, plots, audio/"
     )
     print(f"weights {args.weights}, sha256 {result.weights_sha256}")
     if result.random_weights:
@@ -271,14 +275,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from ..analysis import RANDOM_BANNER, level_stats, weights_are_random, write_stats_report
+    from ..analysis.scoring import coded_bitrates
 
     out_dir = Path(args.output)
     if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
         raise CliError(f"{out_dir} exists and is not empty; pass --force to write into it")
     inputs = _Inputs(args)
     named = [(path, inputs.grid(path)) for path in args.inputs]
-    inputs.check_weights(named)
+    reference = [(args.against, inputs.grid(args.against))] if args.against else []
+    inputs.check_weights(named + reference)
     stats = level_stats([grid for _, grid in named], force=args.mix_weights)
+    comparisons = None
+    if reference:
+        from ..stats import check_same_weights, token_agreement, token_edit_distance
+
+        base = reference[0][1]
+        comparisons = {}
+        for path, grid in named:
+            check_same_weights([base, grid], force=args.mix_weights)
+            comparisons[Path(path).name] = (token_agreement(base, grid), token_edit_distance(base, grid))
     random_weights = inputs.codec_loaded and weights_are_random(inputs.codec)
     label = args.weights if inputs.codec_loaded else "as recorded in the .mimi files"
     write_stats_report(
@@ -288,6 +303,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         weights_label=label,
         random_weights=random_weights,
         sources=[Path(path).name for path, _ in named],
+        coded_bitrate=coded_bitrates([grid for _, grid in named]),
+        comparisons=comparisons,
+        against=Path(args.against).name if args.against else "",
     )
     print(f"{stats.num_grids} file(s), {stats.num_frames} frames -> {out_dir}/: stats.csv, stats.md, stats.png")
     print(f"weights sha256 {stats.weights_sha256 or 'unknown'}")
@@ -338,7 +356,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from error
     write_quality_report(table, out_dir, force=args.force)
     print(quality_markdown(table))
-    print(f"wrote {out_dir}/quality.md, quality.csv, quality_per_file.csv")
+    print(f"wrote {out_dir}/quality.md, quality.csv, quality_per_file.csv, codec_superb.json")
     if table.random_weights:
         print(RANDOM_BANNER, file=sys.stderr)
     return 0
@@ -423,10 +441,27 @@ def register(command: Command) -> None:
     p.add_argument("--visqol", action="store_true", help="add ViSQOL (visqol-python)")
     p.add_argument("--max-seconds", type=float, default=None, help="use only the first seconds of the input")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="level sets per decoder call (default 1: exactly the samples of decode; more pays off on a GPU)",
+    )
+    p.add_argument(
+        "--reencode",
+        action="store_true",
+        help="encode each prefix's decoding again: token agreement and edit distance against the input's tokens",
+    )
 
     p = command("stats", cmd_stats, "per-level codebook usage, entropy and perplexity over files")
     p.add_argument("inputs", nargs="+", help="audio files (encoded with --weights) or .mimi files")
     _add_output(p, "report folder")
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="REF",
+        help="also compare every input's tokens with REF's (audio or .mimi): per-level agreement and edit distance",
+    )
     _add_mix(p)
 
     p = command(

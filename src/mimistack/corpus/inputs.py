@@ -1,8 +1,13 @@
 """Which files a corpus is made of: INPUT arguments (folders, globs, manifests, single files) resolved to an ordered
 list of `CorpusInput`s with unique ids.
 
-Sits on `errors` (`CorpusError`, pyarrow for Parquet manifests) and `audio` (`AUDIO_SUFFIXES`, what a folder scan
-picks up); used by `layout` (the plan records inputs), `pipeline` (`tokenize_corpus`) and the tests.
+Besides audio files, an INPUT can be a container of audio (`members`): a WebDataset `.tar` shard, a Hugging Face
+`datasets`-style `.parquet` / `.arrow` table with an audio column, or a `Dataset.save_to_disk` folder. Each audio
+inside becomes one `CorpusInput` whose `path` is the member's source string (`tar://MEMBER::ARCHIVE`, …).
+
+Sits on `errors` (`CorpusError`, pyarrow for Parquet manifests), `members` (containers) and `audio`
+(`AUDIO_SUFFIXES`, what a folder scan picks up); used by `layout` (the plan records inputs), `pipeline`
+(`tokenize_corpus`) and the tests.
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ from pathlib import Path
 
 from ..audio import AUDIO_SUFFIXES
 from .errors import CorpusError, require_parquet
+from .members import (
+    COMPRESSED_TAR_SUFFIXES,
+    TABLE_SUFFIXES,
+    TAR_SUFFIXES,
+    audio_column,
+    list_table,
+    list_tar,
+    refuse_compressed,
+    saved_dataset_files,
+    table_schema,
+)
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -30,6 +46,7 @@ class CorpusInput:
 
     id: str
     path: str
+    """A file path, or the source string of audio inside a container (`members`)."""
 
 
 def as_list(specs: InputSpecs) -> list[str | os.PathLike[str]]:
@@ -42,7 +59,10 @@ def collect_inputs(specs: InputSpecs) -> list[CorpusInput]:
     Each spec is a folder (searched recursively for `mimistack.audio.AUDIO_SUFFIXES`; id = path relative to it, no
     suffix), a glob (`"data/**/*.flac"`; id = path relative to the glob's fixed leading folders, no suffix), a
     manifest (`.csv`, `.jsonl` or `.parquet` with a `path` column and an optional `id` column; relative paths are
-    relative to the manifest) or one audio file (id = its name without suffix).
+    relative to the manifest), one audio file (id = its name without suffix), or a container: a WebDataset `.tar`
+    shard (id = the sample key), a `.parquet` / `.arrow` table with a `datasets`-style audio column of
+    `{"bytes", "path"}` structs (id = the `id` column, else the audio's path without suffix, else
+    `<file>/<row>`) or a `Dataset.save_to_disk` folder. Globs expand the containers they match.
     """
     items: list[CorpusInput] = []
     for spec in as_list(specs):
@@ -75,9 +95,15 @@ def _strip_suffix(relative: str) -> str:
 def _collect_one(spec: str) -> list[CorpusInput]:
     path = Path(spec).expanduser()
     if path.is_dir():
+        saved = saved_dataset_files(path)
+        if saved is not None:
+            return [item for file in saved for item in _table_inputs(file, required=True) or []]
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         return [CorpusInput(_strip_suffix(p.relative_to(path).as_posix()), os.path.abspath(p)) for p in files]
     if path.is_file():
+        contained = _container_inputs(path)
+        if contained is not None:
+            return contained
         if path.suffix.lower() in MANIFEST_SUFFIXES:
             return _read_manifest(path)
         return [CorpusInput(_strip_suffix(path.name), os.path.abspath(path))]
@@ -86,10 +112,43 @@ def _collect_one(spec: str) -> list[CorpusInput]:
         files = sorted(Path(p) for p in globbing.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
         if not files:
             raise CorpusError(f"input not found: the glob {spec} matches no file")
-        return [
-            CorpusInput(_strip_suffix(Path(os.path.relpath(p, root)).as_posix()), os.path.abspath(p)) for p in files
-        ]
+        items: list[CorpusInput] = []
+        for file in files:
+            contained = _container_inputs(file)
+            if contained is not None:
+                items += contained
+            else:
+                items.append(
+                    CorpusInput(_strip_suffix(Path(os.path.relpath(file, root)).as_posix()), os.path.abspath(file))
+                )
+        return items
     raise CorpusError(f"input not found: {spec} is not a folder, a file or a glob that matches anything")
+
+
+def _container_inputs(path: Path) -> list[CorpusInput] | None:
+    """The audio inside `path` if it is a container (a tar, or a table with an audio column), else None."""
+    name = path.name.lower()
+    if name.endswith(COMPRESSED_TAR_SUFFIXES):
+        refuse_compressed(path)
+    if name.endswith(TAR_SUFFIXES):
+        return [CorpusInput(m.id, m.source) for m in list_tar(path)]
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return _table_inputs(path, required=path.suffix.lower() == ".arrow")
+    return None
+
+
+def _table_inputs(path: Path, required: bool) -> list[CorpusInput] | None:
+    kind = TABLE_SUFFIXES[path.suffix.lower()]
+    schema = table_schema(path, kind)
+    column = audio_column(schema, path)
+    if column is None:
+        if required:
+            raise CorpusError(
+                f"{path}: no audio column (a struct column with 'bytes' and 'path' fields, as Hugging Face "
+                f"datasets' Audio feature stores; columns: {', '.join(schema.names)})"
+            )
+        return None
+    return [CorpusInput(m.id, m.source) for m in list_table(path, kind, column)]
 
 
 def _glob_root(pattern: str) -> str:
@@ -123,7 +182,11 @@ def _read_manifest(path: Path) -> list[CorpusInput]:
         table = require_parquet().read_table(path)
         columns: list[str] = table.column_names
         if "path" not in columns:
-            raise CorpusError(f"{path}: the manifest has no 'path' column (columns: {', '.join(columns)})")
+            raise CorpusError(
+                f"{path}: neither a manifest (no 'path' column) nor an audio table (no struct column with "
+                f"'bytes' and 'path' fields, as Hugging Face datasets' Audio feature stores); columns: "
+                f"{', '.join(columns)}"
+            )
         rows = table.select([c for c in ("path", "id") if c in columns]).to_pylist()
     items = []
     for number, row in enumerate(rows, 1):

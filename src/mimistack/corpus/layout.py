@@ -117,6 +117,7 @@ class Manifest(TypedDict, total=False):
     schema: dict[str, object]
     errors_file: str
     shards: list[ShardEntry]
+    precision: dict[str, object]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +210,8 @@ class Plan:
     units: list[list[CorpusInput]]
     weights_sha256: str
     files_per_shard: int
+    codes: dict[str, object] | None = None
+    """What the codes are computed in ({"engine", "dtype", "fast"}); None in plans written before it was recorded."""
 
     @property
     def num_files(self) -> int:
@@ -234,7 +237,7 @@ def read_plan(folder: Path) -> Plan | None:
         while len(units) <= unit:
             units.append([])
         units[unit].append(CorpusInput(identifier, source))
-    return Plan(units, meta["weights_sha256"], int(meta["files_per_shard"]))
+    return Plan(units, meta["weights_sha256"], int(meta["files_per_shard"]), meta.get("codes"))
 
 
 def write_plan(folder: Path, plan: Plan) -> None:
@@ -252,6 +255,8 @@ def write_plan(folder: Path, plan: Plan) -> None:
         "weights_sha256": plan.weights_sha256,
         "files_per_shard": plan.files_per_shard,
     }
+    if plan.codes is not None:
+        meta["codes"] = plan.codes
     write_table(table.replace_schema_metadata({SHARD_METADATA_KEY: json.dumps(meta)}), folder / PLAN_FILE)
 
 
@@ -262,13 +267,25 @@ def write_table(table: object, target: Path) -> None:
 
 
 def extend_plan(
-    existing: Plan | None, inputs: list[CorpusInput], weights_sha256: str, files_per_shard: int
+    existing: Plan | None,
+    inputs: list[CorpusInput],
+    weights_sha256: str,
+    files_per_shard: int,
+    codes: dict[str, object] | None = None,
 ) -> tuple[Plan, int]:
-    """The plan with the inputs it does not hold yet appended as new units (planned units never change)."""
+    """The plan with the inputs it does not hold yet appended as new units (planned units never change). `codes`:
+    the engine, dtype and fast path of this run; a folder planned with others is refused (as other weights are)."""
     if existing is not None and existing.weights_sha256 != weights_sha256:
         raise CorpusError(
             f"this folder holds codes from weights {existing.weights_sha256[:16]}…, not from "
             f"{weights_sha256[:16]}…; write to a new folder (codes from different weights must not be mixed)"
+        )
+    if existing is not None and existing.codes is not None and codes is not None and existing.codes != codes:
+        before = ", ".join(f"{k}={v}" for k, v in existing.codes.items())
+        asked = ", ".join(f"{k}={v}" for k, v in codes.items())
+        raise CorpusError(
+            f"this folder holds codes computed with {before}, not {asked}; rerun with the same engine, "
+            "--dtype and --fast, or write to a new folder (codes of different precisions must not be mixed)"
         )
     planned = {item.id: item.path for unit in (existing.units if existing else []) for item in unit}
     conflicts = [
@@ -285,7 +302,8 @@ def extend_plan(
     size = existing.files_per_shard if existing else files_per_shard
     units = list(existing.units) if existing else []
     units += [new[start : start + size] for start in range(0, len(new), size)]
-    return Plan(units, weights_sha256, size), len(new)
+    recorded = existing.codes if existing is not None and existing.codes is not None else codes
+    return Plan(units, weights_sha256, size, recorded), len(new)
 
 
 def completed_units(folder: Path) -> set[int]:
@@ -309,8 +327,23 @@ def shard_meta(path: Path) -> ShardMeta:
     return meta
 
 
+def read_manifest(folder: Path) -> Manifest:
+    """manifest.json as the last finished run wrote it ({} when there is none, or it cannot be read)."""
+    try:
+        manifest: Manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
 def write_summary(
-    folder: Path, plan: Plan, inputs: InputSpecs, weights: str, identity: WeightsIdentity, engine: dict[str, object]
+    folder: Path,
+    plan: Plan,
+    inputs: InputSpecs,
+    weights: str,
+    identity: WeightsIdentity,
+    engine: dict[str, object],
+    precision: dict[str, object] | None = None,
 ) -> Manifest:
     """Rewrite errors.jsonl and manifest.json from the shards on disk (so they are right after any crash)."""
     done = sorted(completed_units(folder))
@@ -366,5 +399,7 @@ def write_summary(
         "errors_file": ERRORS_FILE,
         "shards": shards,
     }
+    if precision is not None:
+        manifest["precision"] = precision
     write_text(folder / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n", force=True)
     return manifest

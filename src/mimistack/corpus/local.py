@@ -10,6 +10,10 @@ a plain `for f in files: codec.encode(load_audio(f))` loop does, plus the overla
 - `batch_seconds` > 0 packs up to 16 decoded files (256 on GPU) into `Codec.encode_batch` calls by duration,
   exactly as the Ray encoder actors do (`workers.encode_files`); 0 (the CPU default) is one `Codec.encode`-equal
   call per file.
+- `encoders` > 1 (CPU): that many codecs, each on `threads` torch threads (default 1), each in its own thread
+  decoding and encoding whole files, as Ray's CPU actors do, without Ray: parallel over files instead of inside
+  one encode (on few cores, torch's intra-op threads synchronise at every operator). Rows are handed to the sink
+  in plan order all the same. Codes are those of `Codec.encode` on `threads` threads.
 
 Torch's process-wide thread count is set for the run and restored afterwards. Sits on `units` (`Work`,
 `UnitSink`), `workers` (`decode_file`, `encode_files`, `check_weights`), `shards` (`EncodedRow`) and `codec`; used
@@ -22,11 +26,13 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import queue
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..codec import Codec
 from ..engine.options import EngineOptions, TorchOptions
+from .errors import CorpusError
 from .shards import EncodedRow
 from .units import UnitSink, Work, available_cpus
 from .workers import FileRow, Pcm, check_weights, decode_file, encode_files
@@ -35,6 +41,10 @@ CPU_WINDOW = 16
 """Files that one batching step may group (as the Ray CPU actors' batches), when batching is on."""
 GPU_WINDOW = 256
 DecodedRow = tuple[FileRow, Pcm | None, str]
+GPU_ENCODERS = (
+    "--encoders with the local runner runs several CPU codecs; on a GPU one codec batches files "
+    "(--batch-seconds): drop --encoders, or use --runner ray on a machine with several GPUs"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +52,15 @@ class LocalRunner:
     """One process, one Codec: on `threads` CPU threads (default: every CPU), or on the GPU of `work.options`."""
 
     threads: int | None = None
+    encoders: int = 1
     name: str = dataclasses.field(default="local", init=False)
 
     def execute(self, work: Work, sink: UnitSink) -> None:
+        if self.encoders > 1:
+            if work.gpu:
+                raise CorpusError(GPU_ENCODERS)
+            self._execute_parallel(work, sink)
+            return
         cpus = available_cpus()
         options = dataclasses.replace(work.options, num_threads=None if work.gpu else self.threads or cpus)
         budget_seconds = work.batch_seconds_for_device()
@@ -58,6 +74,44 @@ class LocalRunner:
             with sink:
                 while chunk := list(itertools.islice(decoded, window)):
                     sink.add(_encode_chunk(codec, chunk, budget))
+        sink.check_complete(self.name)
+
+    def _execute_parallel(self, work: Work, sink: UnitSink) -> None:
+        options = dataclasses.replace(work.options, num_threads=self.threads or 1)
+        budget_seconds = work.batch_seconds_for_device()
+        window = 1 if budget_seconds <= 0 else CPU_WINDOW
+        rows = work.rows()
+        chunks = [rows[start : start + window] for start in range(0, len(rows), window)]
+        with _torch_threads_restored(options):
+            codecs: queue.SimpleQueue[Codec] = queue.SimpleQueue()
+            for _ in range(self.encoders):
+                codec = Codec.load(work.ref or work.weights, options, revision=work.revision)
+                check_weights(codec, work.identity.sha256)
+                codecs.put(codec)
+            budget = round(budget_seconds * work.identity.sample_rate)
+
+            def run(chunk: list[FileRow]) -> list[EncodedRow]:
+                decoded = [(row, *decode_file(row["path"], row["sample_rate"])) for row in chunk]
+                codec = codecs.get()
+                try:
+                    return _encode_chunk(codec, decoded, budget)
+                finally:
+                    codecs.put(codec)
+
+            pool = ThreadPoolExecutor(max_workers=self.encoders, thread_name_prefix="mimistack-encode")
+            pending: collections.deque[Future[list[EncodedRow]]] = collections.deque()
+            source = iter(chunks)
+            try:
+                with sink:
+                    pending.extend(pool.submit(run, c) for c in itertools.islice(source, 2 * self.encoders))
+                    while pending:
+                        done = pending.popleft().result()
+                        following = next(source, None)
+                        if following is not None:
+                            pending.append(pool.submit(run, following))
+                        sink.add(done)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         sink.check_complete(self.name)
 
 

@@ -33,11 +33,13 @@ from .layout import (
     completed_units,
     extend_plan,
     prepare_output,
+    read_manifest,
     read_plan,
     write_plan,
     write_summary,
 )
-from .local import LocalRunner
+from .local import GPU_ENCODERS, LocalRunner
+from .precision import DEFAULT_AGREEMENT_FILES, describe, measure_agreement, reduced
 from .raydata import RayRunner
 from .units import DEFAULT_GPU_BATCH_SECONDS, Runner, UnitSink, Work
 
@@ -127,11 +129,9 @@ def choose_runner(
                 f"--address {address} is a Ray cluster, but --runner local runs everything in this process; "
                 "use --runner ray (or the default, auto) to run on the cluster, or drop --address"
             )
-        if encoders is not None:
-            raise CorpusError(
-                "--encoders sizes the Ray runner's actor pool; the local runner runs one codec in this process "
-                "(on every CPU, or --threads): drop --encoders, or pass --runner ray"
-            )
+        if encoders is not None and encoders > 1:
+            # Several codecs in this process, each on --threads threads (default 1), parallel over files.
+            return LocalRunner(threads=threads or 1, encoders=encoders)
         return LocalRunner(threads=threads or num_cpus)
     require_ray()
     return RayRunner(address=address, num_cpus=num_cpus, encoders=encoders, threads=threads)
@@ -156,12 +156,14 @@ def tokenize_corpus(
     files_per_shard: int = DEFAULT_FILES_PER_SHARD,
     progress: bool = False,
     fast: bool = False,
+    agreement_files: int = DEFAULT_AGREEMENT_FILES,
 ) -> TokenizeResult:
     """Tokenize every input file into Parquet shards under `output` (created, or resumed if it exists).
 
     `inputs`: folders, globs, manifests or files (see `collect_inputs`). `runner`: "local" runs the job in this
     process (one Codec on `threads` CPU threads, default `num_cpus` or every CPU, or on the GPU with
-    `device="cuda"`; the next files are decoded in a background thread); "ray" runs it on Ray Data, on the
+    `device="cuda"`; the next files are decoded in a background thread; with `encoders` > 1, that many codecs
+    on `threads` (default 1) threads each, parallel over files); "ray" runs it on Ray Data, on the
     cluster at `address` or a private local Ray with `num_cpus` CPUs (an already initialised Ray is reused):
     files decoded in CPU tasks and encoded by `encoders` actors that each hold one Codec, on CPU with `threads`
     threads each or on one GPU each. "auto" (default): "ray" when `address` is given, else "local". Both
@@ -171,7 +173,9 @@ def tokenize_corpus(
     but float rounding then depends on the batch, which can flip a few near-tie tokens, as a different device
     does. Bad files are recorded with their reason and never stop the job. `fast` (torch engine): the
     whole-input fast path of `TorchEngine` (compiled on CUDA), for GPU runs with dtype="bfloat16"; its codes
-    differ from fp32's on many tokens.
+    differ from fp32's on many tokens. The manifest's `precision` records the run's dtype, fast path and
+    batching; for a reduced-precision torch run (bfloat16/float16 or `fast`) this process re-encodes the first
+    `agreement_files` rows in strict float32 and records the share of equal tokens (0: not measured).
     """
     started = time.perf_counter()
     options = engine_options(engine, device, dtype, None if onnx_dir is None else os.fspath(onnx_dir), fast)
@@ -181,13 +185,19 @@ def tokenize_corpus(
         raise CorpusError(f"files_per_shard must be positive, got {files_per_shard}")
     if batch_seconds is not None and batch_seconds < 0:
         raise CorpusError(f"batch_seconds must be >= 0, got {batch_seconds}")
+    if agreement_files < 0:
+        raise CorpusError(f"agreement_files must be >= 0, got {agreement_files}")
     chosen = choose_runner(runner, address, num_cpus, encoders, threads)
+    if isinstance(chosen, LocalRunner) and chosen.encoders > 1 and options.device != "cpu":
+        raise CorpusError(GPU_ENCODERS)
     items = collect_inputs(inputs)
     identity, ref = _weights_identity(weights, revision, options)
     prepare_output(folder)
     with FolderLock(folder):
         clean_temporaries(folder)
-        plan, added = extend_plan(read_plan(folder), items, identity.sha256, files_per_shard)
+        precision = describe(options, 0.0)
+        codes = {"engine": precision["engine"], "dtype": precision["dtype"], "fast": precision["fast"]}
+        plan, added = extend_plan(read_plan(folder), items, identity.sha256, files_per_shard, codes)
         if added:
             write_plan(folder, plan)
         done = completed_units(folder)
@@ -216,7 +226,16 @@ def tokenize_corpus(
             "dtype": dtype,
             "fast": fast,
         }
-        manifest = write_summary(folder, plan, inputs, weights, identity, last_run)
+        precision = describe(options, work.batch_seconds_for_device())
+        if reduced(options) and agreement_files and sink.counts.rows and isinstance(options, TorchOptions):
+            precision["agreement"] = measure_agreement(folder, ref or weights, options, agreement_files)
+        else:  # nothing new to compare: keep what an earlier run of the same precision measured
+            earlier = read_manifest(folder).get("precision", {})
+            if {k: v for k, v in earlier.items() if k != "agreement"} == {
+                k: v for k, v in precision.items() if k != "agreement"
+            }:
+                precision["agreement"] = earlier.get("agreement")  # type: ignore[typeddict-item]
+        manifest = write_summary(folder, plan, inputs, weights, identity, last_run, dict(precision))
     elapsed = time.perf_counter() - started
     counts = sink.counts
     return TokenizeResult(

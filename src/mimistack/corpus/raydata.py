@@ -17,6 +17,9 @@ from .shards import EncodedRow
 from .units import UnitSink, Work, available_cpus
 from .workers import Batch, Encoder, decode_row
 
+ACTOR_INIT_DEATHS = 3
+"""Encoder actors that may die while starting (a node lost, a worker killed for memory) before a job fails."""
+
 
 def start_ray(ray: ModuleType, address: str | None, num_cpus: int | None) -> bool:
     """Connect to `address`, or start a private local Ray (dashboard off, bound to 127.0.0.1); reuse one that the
@@ -86,12 +89,19 @@ class RayRunner:
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
             owns_ray = start_ray(ray, self.address, self.num_cpus)
             context = ray.data.DataContext.get_current()
-            saved = context.enable_progress_bars
-            context.enable_progress_bars = False  # ours shows files, hours and throughput; Ray's would fight it
+            # Ours shows files, hours and throughput; Ray's bars would fight it. Ray Data fails a job on the first
+            # encoder actor that dies while starting (its default budget is 0): a node lost, or a worker killed
+            # for memory, while the actors load the model. Tolerate a few (a constructor that always fails, such
+            # as other weights on a node, still fails the job after them).
+            settings = {"enable_progress_bars": False, "max_consecutive_actor_init_deaths": ACTOR_INIT_DEATHS}
+            saved = {name: getattr(context, name) for name in settings if hasattr(context, name)}
+            for name in saved:
+                setattr(context, name, settings[name])
             try:
                 self._run(ray, work, sink)
             finally:
-                context.enable_progress_bars = saved
+                for name, value in saved.items():
+                    setattr(context, name, value)
                 if owns_ray:
                     ray.shutdown()
 

@@ -2,7 +2,12 @@
 task), encoding decoded files in duration groups on one `Codec` (`encode_files`), and the Ray encoder actor that
 holds that Codec (`Encoder`).
 
-Sits on `codec` (`Codec.load` with the engine's options), `audio` (`load_audio`), `tokens` and `errors`; used by
+Audio inside a container (`members`: a WebDataset tar member, a row of a `datasets`-style table) is decoded by
+the same `load_audio` as a file: its bytes are written to a private temporary file (through `_files`) named with
+the member's suffix, decoded, and removed, so its samples are exactly those of the extracted file.
+
+Sits on `codec` (`Codec.load` with the engine's options), `audio` (`load_audio`), `members`, `tokens`, `errors` and
+`_files`; used by
 `local` (the in-process runner calls `decode_file` and `encode_files` directly) and `raydata` (which builds the
 Ray Data pipeline from `decode_row` and `Encoder`). Ray pickles them by reference to this module, so every node
 imports it.
@@ -10,17 +15,26 @@ imports it.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .._files import write_bytes
 from ..audio import AudioError, load_audio
 from ..codec import Codec
 from ..engine.options import EngineOptions
 from ..tokens import TokenGrid
 from .errors import CorpusError
+from .members import is_member, read_member
 
 Batch = dict[str, NDArray[np.generic]]
 """A Ray Data batch in numpy format: column name -> one value per row."""
@@ -41,9 +55,37 @@ class FileRow(TypedDict):
 def decode_file(path: str, sample_rate: int) -> tuple[Pcm | None, str]:
     """One file -> (float32 pcm at `sample_rate`, "") or (None, the reason it cannot be used)."""
     try:
+        if is_member(path):
+            return decode_member(path, sample_rate), ""
         return load_audio(path, sample_rate=sample_rate), ""
     except Exception as error:  # any bad file becomes an error row, never a failed job
         return None, _reason(error)
+
+
+_scratch_lock = threading.Lock()
+_scratch: list[Path] = []
+
+
+def _scratch_dir() -> Path:
+    """This process's private folder for members being decoded (removed when the process exits)."""
+    with _scratch_lock:
+        if not _scratch or not _scratch[0].is_dir():
+            _scratch[:] = [Path(tempfile.mkdtemp(prefix="mimistack-members-"))]
+            atexit.register(shutil.rmtree, _scratch[0], True)
+        return _scratch[0]
+
+
+def decode_member(source: str, sample_rate: int) -> Pcm:
+    """Audio inside a container, decoded exactly as `load_audio` decodes the extracted file; errors name `source`."""
+    data, name = read_member(source)
+    suffix = Path(name).suffix.lower() if name else ""
+    scratch = write_bytes(_scratch_dir() / f"{uuid.uuid4().hex}{suffix}", data)
+    try:
+        return load_audio(scratch, sample_rate=sample_rate)
+    except AudioError as error:
+        raise AudioError(str(error).replace(str(scratch), source)) from None
+    finally:
+        os.unlink(scratch)
 
 
 def decode_row(row: FileRow) -> dict[str, object]:
@@ -61,7 +103,7 @@ def decode_row(row: FileRow) -> dict[str, object]:
 
 
 def _reason(error: BaseException) -> str:
-    return str(error) if isinstance(error, AudioError) else f"{type(error).__name__}: {error}"
+    return str(error) if isinstance(error, AudioError | CorpusError) else f"{type(error).__name__}: {error}"
 
 
 def duration_groups(lengths: Sequence[int], budget_samples: int) -> list[list[int]]:

@@ -42,7 +42,9 @@ class TorchOptions:
     quantizer and the latent sum always run in fp32). `num_threads`: torch's intra-op threads (None: torch's own
     choice). `fast`: the whole-input fast path for batch calls (channels-last convolutions, meant for GPU corpus
     work); codes may then differ from the exact path's on near-tied tokens. `compile`: `torch.compile` the fast
-    path (needs `fast`).
+    path (needs `fast`). `allow_tf32`: on CUDA in float32, let matmuls and convolutions use TF32 (faster on recent
+    GPUs; codes then differ from strict fp32 on near-tied tokens: measure with `mimistack precision`); off, the
+    engine keeps strict fp32 during its calls.
     """
 
     device: str = "cpu"
@@ -50,6 +52,7 @@ class TorchOptions:
     num_threads: int | None = None
     fast: bool = False
     compile: bool = False
+    allow_tf32: bool = False
 
     name: Literal["torch"] = dataclasses.field(default="torch", init=False)
 

@@ -53,6 +53,7 @@ class TorchEngine(Engine):
         fast: bool = False,
         compile: bool = False,
         fast_max_frames: int = 1500,
+        allow_tf32: bool = False,
     ) -> None:
         torch = _import_torch()
         from ..torch.mimi import MimiModel
@@ -72,7 +73,9 @@ class TorchEngine(Engine):
         # after it. fp32 here means fp32 (as close to the CPU as other kernels allow: 99 % of tokens on random
         # weights, only near-ties differ): TF32 is switched off during this engine's calls
         # only (the process-wide settings of other code are left alone). Pick dtype="bfloat16" for speed.
-        self._strict = self.device.type == "cuda" and self.dtype == torch.float32
+        # `allow_tf32=True` turns TF32 on around this engine's calls instead (for speed, or `mimistack precision`).
+        self._strict = self.device.type == "cuda" and self.dtype == torch.float32 and not allow_tf32
+        self._tf32 = self.device.type == "cuda" and self.dtype == torch.float32 and allow_tf32
         model = MimiModel(self.config)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.tensors.items()})
         if self.device.type == "cpu":
@@ -103,7 +106,9 @@ class TorchEngine(Engine):
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _precision(self) -> Any:
-        """Strict fp32 (no TF32) around a call on CUDA with dtype float32; nothing otherwise."""
+        """Strict fp32 (no TF32) around a call on CUDA with dtype float32, TF32 when allowed; nothing otherwise."""
+        if self._tf32:
+            return _tf32_on(self.torch)
         if not self._strict:
             return contextlib.nullcontext()
         from ..torch.fast import strict_fp32
@@ -239,6 +244,17 @@ class TorchEngine(Engine):
             return None
         with self.torch.inference_mode():
             return self.model.init_decoder_state(batch_size)
+
+
+@contextlib.contextmanager
+def _tf32_on(torch: Any) -> Any:
+    """TF32 matmuls and convolutions during a call; the process-wide settings are restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @contextlib.contextmanager

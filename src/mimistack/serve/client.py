@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -90,20 +91,13 @@ async def encode(uri: str, pcm: NDArray[Any], *, realtime: bool = True, frames_p
             await connection.send(control("end"))
 
         frames: list[NDArray[np.int64]] = []
-        result = Result(info)
-        sender = asyncio.create_task(send())
-        try:
-            async for message in _messages(connection, result):
-                kind, index, payload = parse_server_message(message)
-                if kind != Kind.CODES:
-                    raise ServeError("malformed", f"an encode stream got a {kind.name} message")
-                frames.append(np.frombuffer(payload, dtype="<u2").astype(np.int64))
-                if index < len(sent):
-                    result.latencies.append(time.monotonic() - sent[index])
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+
+        def take(kind: Kind, payload: bytes) -> None:
+            if kind != Kind.CODES:
+                raise ServeError("malformed", f"an encode stream got a {kind.name} message")
+            frames.append(np.frombuffer(payload, dtype="<u2").astype(np.int64))
+
+        result = await _exchange(connection, Result(info), send(), sent, take)
         levels = int(info["num_levels"])
         result.codes = np.stack(frames, axis=1) if frames else np.zeros((levels, 0), np.int64)
         return result
@@ -126,19 +120,14 @@ async def decode(uri: str, codes: NDArray[Any], levels: str | None = None, *, re
                 sent.append(time.monotonic())
             await connection.send(control("end"))
 
-        result = Result(info)
         chunks: list[NDArray[np.float32]] = []
-        sender = asyncio.create_task(send())
-        try:
-            async for message in _messages(connection, result):
-                _, index, payload = parse_server_message(message)
-                chunks.append(np.frombuffer(payload, dtype="<f4").astype(np.float32))
-                if index < len(sent):
-                    result.latencies.append(time.monotonic() - sent[index])
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+
+        def take(kind: Kind, payload: bytes) -> None:
+            if kind != Kind.PCM:
+                raise ServeError("malformed", f"a decode stream got a {kind.name} message")
+            chunks.append(np.frombuffer(payload, dtype="<f4").astype(np.float32))
+
+        result = await _exchange(connection, Result(info), send(), sent, take)
         result.pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         return result
 
@@ -209,6 +198,29 @@ async def listen(
 
 
 # -- plumbing -------------------------------------------------------------------------------------------------
+async def _exchange(
+    connection: ClientConnection,
+    result: Result,
+    send: Coroutine[Any, Any, None],
+    sent: list[float],
+    take: Callable[[Kind, bytes], None],
+) -> Result:
+    """Send (a task) while receiving every frame until the server's end; each frame's latency is measured from
+    the time its input was sent (`sent[index]`)."""
+    sender = asyncio.create_task(send)
+    try:
+        async for message in _messages(connection, result):
+            kind, index, payload = parse_server_message(message)
+            take(kind, payload)
+            if index < len(sent):
+                result.latencies.append(time.monotonic() - sent[index])
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+    return result
+
+
 @contextlib.asynccontextmanager
 async def _closing(connection: ClientConnection) -> Any:
     try:
