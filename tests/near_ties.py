@@ -62,3 +62,12 @@ def assert_codes_match(torch_codec: Codec, pcm: np.ndarray, codes: np.ndarray, r
     assert len(gaps) <= max(2, NEAR_TIE_FRAMES * codes.shape[-1]), f"{len(gaps)} of {codes.shape[-1]} frames differ"
     assert agreement >= TOKEN_AGREEMENT, f"{agreement:.4%} of {codes.size} tokens agree ({len(gaps)} near-ties)"
     return agreement
+
+
+def assert_near_ties_only(torch_codec: Codec, pcm: np.ndarray, codes: np.ndarray, reference: np.ndarray) -> None:
+    """For short clips (a dozen frames, where one near-tied frame is several % of the tokens): every differing frame
+    starts at a near-tie, and at most 2 frames differ."""
+    assert codes.shape == reference.shape
+    gaps = near_tie_gaps(torch_codec, pcm, codes.astype(np.int64), reference.astype(np.int64))
+    assert all(gap < NEAR_TIE for gap in gaps), f"differences that are not near-ties: gaps {sorted(gaps)[-3:]}"
+    assert len(gaps) <= 2, f"{len(gaps)} of {codes.shape[-1]} frames differ"

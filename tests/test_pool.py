@@ -25,7 +25,7 @@ from mimistack.engine.options import OnnxOptions
 from mimistack.levels import Levels
 from mimistack.pool import PoolError, PoolFullError, StreamPool
 from mimistack.testing import synthetic_signal
-from near_ties import assert_codes_match
+from near_ties import assert_near_ties_only
 
 AUDIO_TOLERANCE = 1e-5
 
@@ -66,10 +66,12 @@ def single_decode(codec: Codec, codes: np.ndarray, levels: Levels, mode: str = "
 
 
 def check_codes(codec: Codec, tiny_codec: Codec, pcm: np.ndarray, codes: np.ndarray, reference: np.ndarray) -> None:
+    """Exact on the fake; on real engines every differing frame starts at a near-tie and at most 2 frames differ
+    (these clips are 12-20 frames: one near-tied frame is 3-8 % of their tokens, so no token-share floor here)."""
     if codec.engine.name == "fake":
         np.testing.assert_array_equal(codes, reference)
     else:
-        assert_codes_match(tiny_codec, pcm, codes, reference)
+        assert_near_ties_only(tiny_codec, pcm, codes, reference)
 
 
 def run_staggered(pool: StreamPool, inputs: list[np.ndarray], starts: list[int], frame_size: int) -> list[Any]:
