@@ -148,3 +148,21 @@ def test_loading_an_engine_leaves_process_wide_precision_settings_alone(tiny_che
         torch.backends.cudnn.allow_tf32,
         torch.backends.cudnn.benchmark,
     ) == before
+
+
+def test_allow_tf32_turns_tf32_on_inside_and_restores_it() -> None:
+    """`TorchOptions(allow_tf32=True)`: the engine's calls run with TF32 on; the process-wide settings come back."""
+    import torch
+
+    from mimistack.engine.options import TorchOptions
+    from mimistack.engine.torch import _tf32_on
+
+    assert TorchOptions(allow_tf32=True).allow_tf32 and not TorchOptions().allow_tf32
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+        with _tf32_on(torch):
+            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

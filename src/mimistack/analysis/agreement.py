@@ -119,6 +119,27 @@ def first_difference_margins(
     return found
 
 
+def add_audio_error(
+    errors: dict[int, float],
+    energies: dict[int, float],
+    count: int,
+    reference: NDArray[np.floating[Any]],
+    decoded: NDArray[np.floating[Any]],
+) -> None:
+    """Accumulate one clip's squared error and energy at `count` levels (an energy-weighted rel L2 over clips)."""
+    relative, _ = audio_difference(reference, decoded)
+    energy = float(np.sum(np.asarray(reference, dtype=np.float64) ** 2))
+    errors[count] = errors.get(count, 0.0) + relative**2 * energy
+    energies[count] = energies.get(count, 0.0) + energy
+
+
+def weights_line(sha256: str, is_random: bool, source: str) -> str:
+    """A report's first line: the weights' sha256, and plainly whether they are random."""
+    if is_random:
+        return f"RANDOM WEIGHTS (sha256 {sha256}): these numbers say nothing about the trained Mimi."
+    return f"Weights sha256 {sha256} ({source})."
+
+
 def audio_difference(reference: NDArray[np.floating[Any]], other: NDArray[np.floating[Any]]) -> tuple[float, float]:
     """(relative L2 `||other - reference|| / ||reference||`, SNR in dB capped at 200) on the common length."""
     length = min(len(reference), len(other))

@@ -41,11 +41,12 @@ from ..weights import LoadedWeights, WeightsRef, codebook_tables, load_weights, 
 from . import plots as figures
 from .agreement import (
     ReferenceEncoder,
-    audio_difference,
+    add_audio_error,
     first_difference_margins,
     first_differences,
     quantizer_distances,
     summarize_margins,
+    weights_line,
 )
 from .render import RANDOM_BANNER, markdown_table, prepare_dir, write_report_text
 from .scoring import AnalysisError, Progress
@@ -556,18 +557,12 @@ def _measure(
         result.margin_levels.append(difference.level)
     for count, reference in ref_pcm.items():
         decoded = runner.decode(ref_codes[:count])
-        relative, _ = audio_difference(reference, decoded)
-        energy = float(np.sum(np.asarray(reference, dtype=np.float64) ** 2))
-        result.audio_error[count] = result.audio_error.get(count, 0.0) + relative**2 * energy
-        result.audio_energy[count] = result.audio_energy.get(count, 0.0) + energy
+        add_audio_error(result.audio_error, result.audio_energy, count, reference, decoded)
 
 
 # -- the report ----------------------------------------------------------------------------------------------------
 def _first_line(result: ParityResult) -> str:
-    sha = result.weights.sha256
-    if result.weights.is_random:
-        return f"RANDOM WEIGHTS (sha256 {sha}): these numbers say nothing about the trained Mimi."
-    return f"Weights sha256 {sha} ({result.weights.source})."
+    return weights_line(result.weights.sha256, result.weights.is_random, str(result.weights.source))
 
 
 def parity_json(result: ParityResult) -> dict[str, Any]:

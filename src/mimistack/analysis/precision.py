@@ -37,11 +37,12 @@ from ..weights import WeightsRef, codebook_tables, load_weights
 from . import plots as figures
 from .agreement import (
     ReferenceEncoder,
-    audio_difference,
+    add_audio_error,
     first_difference_margins,
     nearest_margins,
     quantizer_distances,
     summarize_margins,
+    weights_line,
 )
 from .render import RANDOM_BANNER, markdown_table, prepare_dir, write_report_text
 from .scoring import AnalysisError, Progress
@@ -85,19 +86,6 @@ def _torch_path(device: str, dtype: str, tf32: bool = False) -> Callable[[Weight
     return load
 
 
-@contextmanager
-def _tf32() -> Iterator[None]:
-    import torch
-
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def _onnx_path(variant: str) -> Callable[[WeightsRef, Path | None], Codec]:
     def load(weights: WeightsRef, onnx_dir: Path | None) -> Codec:
         try:
@@ -115,9 +103,7 @@ PRECISION_PATHS: tuple[PrecisionPath, ...] = (
     PrecisionPath("onnx-fp16", "ONNX Runtime, fp16-stored weights, CPU", _onnx_path("fp16")),
     PrecisionPath("onnx-int8", "ONNX Runtime, dynamic int8, CPU", _onnx_path("int8")),
     PrecisionPath("cuda-fp32", "mimistack torch, strict fp32 on CUDA (another device)", _torch_path("cuda", "float32")),
-    PrecisionPath(
-        "cuda-tf32", "mimistack torch, fp32 with TF32 allowed, CUDA", _torch_path("cuda", "float32", True), _tf32
-    ),
+    PrecisionPath("cuda-tf32", "mimistack torch, fp32 with TF32 allowed, CUDA", _torch_path("cuda", "float32", True)),
     PrecisionPath("cuda-bf16", "mimistack torch, bfloat16 autocast, CUDA", _torch_path("cuda", "bfloat16")),
     PrecisionPath("cuda-fp16", "mimistack torch, float16 autocast, CUDA", _torch_path("cuda", "float16")),
 )
@@ -310,17 +296,11 @@ def _measure(
     result.margins += [item.margin for item in first_difference_margins(distances, codes, other)]
     for count, reference in exact_pcm.items():
         decoded = codec.decode_codes(codes, f"0-{count - 1}")
-        relative, _ = audio_difference(reference, decoded)
-        energy = float(np.sum(np.asarray(reference, dtype=np.float64) ** 2))
-        result.audio_error[count] = result.audio_error.get(count, 0.0) + relative**2 * energy
-        result.audio_energy[count] = result.audio_energy.get(count, 0.0) + energy
+        add_audio_error(result.audio_error, result.audio_energy, count, reference, decoded)
 
 
 def _first_line(result: PrecisionResult) -> str:
-    sha = result.weights.sha256
-    if result.weights.is_random:
-        return f"RANDOM WEIGHTS (sha256 {sha}): these numbers say nothing about the trained Mimi."
-    return f"Weights sha256 {sha} ({result.weights.source})."
+    return weights_line(result.weights.sha256, result.weights.is_random, str(result.weights.source))
 
 
 def _margin_rows(margins: NDArray[np.float64]) -> list[dict[str, float]]:
