@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mimistack import metrics
+from mimistack import metrics, spectral
 from mimistack.config import FRAME_SIZE, SAMPLE_RATE
 from speech_data import speech_file
 
@@ -124,7 +124,7 @@ def test_spectral_distances_zero_for_identical_and_grow_with_noise(speech: np.nd
 
 
 def test_mel_filterbank_covers_the_spectrum() -> None:
-    filters = metrics._mel_filterbank(SAMPLE_RATE, 1024, 80)
+    filters = spectral._mel_filterbank(SAMPLE_RATE, 1024, 80)
     assert filters.shape == (80, 513)
     assert np.all(filters.max(axis=1) > 0.0)  # no empty band
     assert np.all(np.argmax(filters, axis=1)[1:] >= np.argmax(filters, axis=1)[:-1])  # centres ascend
