@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import http.client
 import io
 import json
@@ -52,7 +53,7 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
@@ -118,25 +119,6 @@ def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp_path / "secret.txt").write_text(SECRET)
     (root / "escape").symlink_to(tmp_path / "secret.txt")
     return root
-
-
-@pytest.fixture()
-def onnx_dir(tmp_path: Path) -> Path:
-    """An export-shaped folder (the file serving is under test here; real graphs are used in test_web_e2e)."""
-    folder = tmp_path / "onnx"
-    folder.mkdir()
-    for name in ("encoder_stream.onnx", "decoder_stream.onnx", "embed.onnx", "codebooks.safetensors"):
-        (folder / name).write_bytes(name.encode() * 100)
-    (folder / "notes.txt").write_text("not a model file")
-    manifest = {
-        "format": "mimistack-onnx",
-        "weights_sha256": "ab" * 32,
-        "config": {"num_levels": 32, "codebook_size": 64},
-        "files": {name: {"bytes": 1} for name in ("encoder_stream.onnx", "decoder_stream.onnx")},
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    (tmp_path / "secret.txt").write_text(SECRET)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -258,50 +240,53 @@ def test_info_describes_the_model(server: LiveServer, tiny_codec: Any) -> None:
     assert info["weights"] == "tiny.safetensors" and info["max_upload_bytes"] > 0
 
 
-def test_onnx_files_are_served_from_the_export_only(static_dir: Path, onnx_dir: Path, tiny_checkpoint: Path) -> None:
-    with running(ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir, onnx_dir=onnx_dir)) as live:
-        status, headers, body = live.request("GET", "/models/encoder_stream.onnx")
-        assert status == 200 and body == (onnx_dir / "encoder_stream.onnx").read_bytes()
-        assert headers["content-type"] == "application/octet-stream"
-        status, manifest = live.json("GET", "/models/manifest.json")
-        assert status == 200 and manifest["weights_sha256"] == "ab" * 32
+def test_model_bundles_are_served_from_the_export_only(
+    static_dir: Path, tiny_onnx_dir: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`/models/bundles.json` lists the page's two bundles (made from the export on first use) and
+    `/models/<bundle>/<file>` serves exactly the files their manifests list."""
+    (tmp_path / "secret.txt").write_text(SECRET)
+    settings = ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir, onnx_dir=tiny_onnx_dir)
+    with running(settings) as live:
+        status, index = live.json("GET", "/models/bundles.json")
+        assert status == 200 and index["format"] == "mimistack-web-bundles" and index["server"] is True
+        assert sorted(index["bundles"]) == ["exact", "light"] and index["default"] == "exact"
+        assert index["bundles"]["light"]["bytes"] < index["bundles"]["exact"]["bytes"]
+        for name in ("exact", "light"):
+            status, manifest = live.json("GET", f"/models/{name}/manifest.json")
+            assert status == 200 and manifest["bundle"] == name and manifest["format"] == "mimistack-web"
+            for file, entry in manifest["files"].items():
+                status, headers, body = live.request("GET", f"/models/{name}/{file}")
+                assert status == 200 and len(body) == entry["bytes"]
+                assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+                assert headers["content-type"] == "application/octet-stream"
         status, info = live.json("GET", "/api/info")  # config from the manifest when --onnx is given
         assert status == 200 and info["codebook_size"] == 64
         for path in (
-            "/models/notes.txt",
-            "/models/..%2fsecret.txt",
+            "/models/exact/notes.txt",
+            "/models/exact/..%2fsecret.txt",
             "/models/%2e%2e/secret.txt",
-            "/models/.manifest.json",
-            "/models/tiny.safetensors",
+            "/models/exact/.manifest.json",
+            "/models/exact/embed.onnx",  # in the export folder, but no part of a bundle
+            "/models/int8/encoder_stream.onnx",
+            "/models/encoder_stream.onnx",
         ):
             status, _, body = live.request("GET", path)
-            assert status == 404 and SECRET.encode() not in body and b"not a model file" not in body, path
-        # Reduced-precision graphs (?variant= in the page) are served when the export has them, and only those.
-        assert live.request("GET", "/models/decoder_stream.int8.onnx")[0] == 404
-        variant = onnx_dir / "decoder_stream.int8.onnx"
-        variant.write_bytes(b"int8 graph bytes")
-        try:
-            status, _, body = live.request("GET", "/models/decoder_stream.int8.onnx")
-            assert status == 200 and body == b"int8 graph bytes"
-            (onnx_dir / "decoder_stream.int4.onnx").write_bytes(b"x")
-            assert live.request("GET", "/models/decoder_stream.int4.onnx")[0] == 404
-        finally:
-            variant.unlink()
-            (onnx_dir / "decoder_stream.int4.onnx").unlink(missing_ok=True)
+            assert status == 404 and SECRET.encode() not in body, path
 
 
 def test_missing_export_is_an_error_the_page_can_show(static_dir: Path, tmp_path: Path, tiny_checkpoint: Path) -> None:
     not_export = tmp_path / "not-an-export"
     not_export.mkdir()
     with running(ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir, onnx_dir=not_export)) as live:
-        status, body = live.json("GET", "/models/encoder_stream.onnx")
+        status, body = live.json("GET", "/models/exact/encoder_stream.onnx")
         assert status == 503 and "manifest.json" in body["error"]
         status, body = live.json("GET", "/api/models")
     assert status == 200 and body["ready"] is False and "manifest.json" in body["error"]
 
 
 def test_graphs_are_exported_in_the_background_on_first_use(
-    static_dir: Path, onnx_dir: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+    static_dir: Path, tiny_onnx_dir: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without --onnx the page waits on /api/models while the export (minutes for real weights) runs."""
     release = threading.Event()
@@ -310,19 +295,21 @@ def test_graphs_are_exported_in_the_background_on_first_use(
     def slow_export(weights: Path) -> Path:
         exported.append(weights)
         release.wait(timeout=30)
-        return onnx_dir
+        return tiny_onnx_dir
 
     monkeypatch.setattr(server_app, "export_to_cache", slow_export)
     with running(ServerSettings(weights=str(tiny_checkpoint), static_dir=static_dir)) as live:
         status, body = live.json("GET", "/api/models")
         assert status == 200 and body == {"ready": False, "error": None, "exporting": True}
         release.set()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while not body["ready"] and time.monotonic() < deadline:
             time.sleep(0.05)
             body = live.json("GET", "/api/models")[1]
         assert body == {"ready": True, "error": None, "exporting": False}
-        assert live.request("GET", "/models/embed.onnx")[2] == (onnx_dir / "embed.onnx").read_bytes()
+        manifest = live.json("GET", "/models/exact/manifest.json")[1]
+        body = live.request("GET", "/models/exact/decoder_stream.onnx")[2]
+        assert hashlib.sha256(body).hexdigest() == manifest["files"]["decoder_stream.onnx"]["sha256"]
     assert exported == [tiny_checkpoint]
 
 

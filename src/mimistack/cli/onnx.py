@@ -1,5 +1,5 @@
 """`mimistack export-onnx`: write the ONNX graphs of a checkpoint (for `--engine onnx`, the browser and
-transformers.js).
+transformers.js); `mimistack export-web`: write the browser page with its model bundles as a static site.
 
 A feature module of the CLI (listed in `cli.main.REGISTRARS`): `register(command)` adds the subcommand; the work is
 `engine.export.export_onnx`, imported only when the command runs so that the CLI itself stays torch-free.
@@ -77,6 +77,62 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_web(args: argparse.Namespace) -> int:
+    from ..server.app import STATIC_DIR
+    from ..server.site import write_site
+
+    bundles = ["exact", "light"] if args.bundle == "both" else [args.bundle]
+    audio = None
+    if args.measure_audio:
+        from ..audio import load_audio
+
+        audio = load_audio(args.measure_audio)
+    onnx_dir = _export_folder(args)
+    if not args.quiet:
+        print(f"writing {', '.join(bundles)} bundle(s) of {onnx_dir} into {args.output}...", file=sys.stderr)
+    result = write_site(
+        onnx_dir,
+        args.output,
+        Path(args.static_dir) if args.static_dir else STATIC_DIR,
+        bundles=bundles,
+        default=args.default if args.default in bundles else bundles[0],
+        audio=audio,
+        force=args.force,
+    )
+    for name, manifest in result.bundles.items():
+        measured = manifest["measured"]
+        line = f"  {name:<6} {manifest['total_bytes'] / 1e6:7.1f} MB ({manifest['storage']} storage, float32 compute)"
+        if name == "light":
+            line += (
+                f": codes {measured['code_agreement_vs_exact']:.2%} equal to exact, decode SNR "
+                f"{measured['decode_snr_db_vs_exact']:.1f} dB vs exact ({measured['signal']})"
+            )
+        else:
+            line += ": codes and audio identical to the ONNX export"
+        print(line)
+    print(f"{result.out_dir}: serve it with `python -m http.server --directory {result.out_dir}` or any static host")
+    return 0
+
+
+def _export_folder(args: argparse.Namespace) -> Path:
+    """The export folder to make the bundles from: --onnx DIR, or the cache's export of --weights (made on first
+    use, which needs torch)."""
+    if args.onnx_dir:
+        folder = Path(args.onnx_dir)
+        if not (folder / "manifest.json").is_file():
+            raise CliError(f"--onnx {folder}: no manifest.json there (write one with `mimistack export-onnx`)")
+        return folder
+    from ..engine.onnx_cache import load_onnx_engine
+
+    weights: Any = args.weights
+    if weights in ("random", "random-tiny"):
+        from ..codec import random_weights_path
+
+        print(RANDOM_WARNING, file=sys.stderr)
+        weights = random_weights_path(weights)
+    return load_onnx_engine(weights=weights, revision=args.revision).onnx_dir
+
+
 def register(command: Command) -> None:
     p = command(
         "export-onnx",
@@ -105,3 +161,30 @@ def register(command: Command) -> None:
     p.add_argument("--no-transformers-js", action="store_true", help="skip the transformers.js folder")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("-f", "--force", action="store_true", help="replace an earlier export in the output folder")
+
+    p = command(
+        "export-web",
+        cmd_export_web,
+        "write the browser page with its model bundles as a static site (any static file server serves it)",
+        model=False,
+    )
+    p.add_argument(
+        "--weights",
+        default="kyutai/mimi",
+        help="local .safetensors file, hub id (default kyutai/mimi), or 'random' / 'random-tiny'",
+    )
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    p.add_argument("--onnx", dest="onnx_dir", default=None, help="make the bundles from this export-onnx folder")
+    p.add_argument("-o", "--output", required=True, help="site folder to write (created)")
+    p.add_argument(
+        "--bundle",
+        choices=("exact", "light", "both"),
+        default="both",
+        help="exact: float32, codes identical to Python's; light: float16 storage, float32 compute (default both)",
+    )
+    p.add_argument("--default", choices=("exact", "light"), default="exact", help="the bundle the page loads first")
+    p.add_argument(
+        "--measure-audio", default=None, help="audio file to measure the light bundle on (default: a synthetic 4 s)"
+    )
+    p.add_argument("--static-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-f", "--force", action="store_true", help="replace an earlier site in the output folder")

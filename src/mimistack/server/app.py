@@ -64,21 +64,9 @@ DEFAULT_PORT = 8765
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_AUDIO_SECONDS = 3 * 3600.0
 RANDOM_WEIGHTS = ("random", "random-tiny")
-MODEL_FILES = (
-    "manifest.json",
-    "encoder.onnx",
-    "decoder.onnx",
-    "embed.onnx",
-    "encoder_stream.onnx",
-    "decoder_stream.onnx",
-    "codebooks.safetensors",
-    *(
-        f"{graph}.{variant}.onnx"
-        for graph in ("encoder", "decoder", "encoder_stream", "decoder_stream")
-        for variant in ("fp16", "int8")
-    ),
-)
-"""Files of an exported ONNX folder the page may fetch; nothing else in the folder is served."""
+WEB_BUNDLES = ("exact", "light")
+"""The page's model bundles (`engine.export.web`), made from the export folder on first use and served under
+`/models/<bundle>/`; `/models/bundles.json` lists them with their sizes."""
 
 
 # Leading bytes of the audio containers the server accepts: (offset, bytes) pairs that must all match.
@@ -149,6 +137,7 @@ class ModelService:
         self._codec: Codec | None = None
         self._onnx_dir: Path | None = settings.onnx_dir
         self._manifest: dict[str, Any] | None = None
+        self._bundles: dict[str, tuple[Path, dict[str, Any]]] | None = None
         self._export_error: str | None = None
         self._export_thread: threading.Thread | None = None
 
@@ -161,14 +150,15 @@ class ModelService:
 
     def _prepare(self) -> None:
         try:
-            self.onnx_dir()
+            self.bundles()
         except ApiError as error:
             logger.error("%s", error.message)
 
     def graphs_status(self) -> dict[str, Any]:
         """{"ready": bool, "error": str | None}: whether the page can fetch the graphs now."""
-        ready = self._onnx_dir is not None and (self._onnx_dir / "manifest.json").is_file()
-        if not ready and self._onnx_dir is not None and self._export_error is None:
+        ready = self._bundles is not None
+        exported = self._onnx_dir is not None and (self._onnx_dir / "manifest.json").is_file()
+        if not exported and self._onnx_dir is not None and self._export_error is None:
             self._export_error = f"{self._onnx_dir} holds no manifest.json: not a folder written by export_onnx"
         if not ready and self._export_error is None:
             self.prepare_graphs()
@@ -242,14 +232,38 @@ class ModelService:
             self._manifest = manifest
         return self._manifest
 
-    def model_file(self, name: str) -> Path:
-        """An exported file by name, only if it is one the page may fetch and lies in the folder."""
-        if name not in MODEL_FILES:
-            raise ApiError(404, f"no model file {name!r}")
-        folder = self.onnx_dir().resolve()
+    def bundles(self) -> dict[str, tuple[Path, dict[str, Any]]]:
+        """The page's bundles ({name: (folder, manifest)}), made from the export folder on first use."""
+        with self._export_lock:
+            if self._bundles is not None:
+                return self._bundles
+        folder = self.onnx_dir()
+        with self._export_lock:
+            if self._bundles is None:
+                from .site import cached_bundle
+
+                try:
+                    self._bundles = {name: cached_bundle(folder, name) for name in WEB_BUNDLES}
+                except Exception as error:
+                    self._export_error = f"cannot make the page's model bundles: {type(error).__name__}: {error}"
+                    raise ApiError(503, self._export_error) from error
+            return self._bundles
+
+    def bundles_index(self) -> dict[str, Any]:
+        from ..engine.export.web import bundles_index
+
+        return bundles_index({name: manifest for name, (_, manifest) in self.bundles().items()}, server=True)
+
+    def model_file(self, bundle: str, name: str) -> Path:
+        """A file of a bundle by name, only if its manifest lists it (or it is the manifest)."""
+        if bundle not in WEB_BUNDLES:
+            raise ApiError(404, f"no model bundle {bundle!r}; the bundles are {', '.join(WEB_BUNDLES)}")
+        folder, manifest = self.bundles()[bundle]
+        if name != "manifest.json" and name not in manifest["files"]:
+            raise ApiError(404, f"no model file {name!r} in the {bundle} bundle")
         path = (folder / name).resolve()
-        if path.parent != folder or not path.is_file():
-            raise ApiError(404, f"model file {name!r} is not in the exported folder")
+        if path.parent != folder.resolve() or not path.is_file():
+            raise ApiError(404, f"model file {name!r} is not in the {bundle} bundle's folder")
         return path
 
     def config(self) -> MimiConfig:
@@ -438,14 +452,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """Whether the ONNX graphs are ready (the page waits on this while they are exported on first use)."""
         return JSONResponse(service.graphs_status())
 
-    @app.get("/models/{name}")
-    async def model_file(name: str) -> FileResponse:
+    @app.get("/models/bundles.json")
+    async def bundles() -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(service.bundles_index), headers={"cache-control": "no-cache"})
+
+    @app.get("/models/{bundle}/{name}")
+    async def model_file(bundle: str, name: str) -> FileResponse:
         try:
-            path = await run_in_threadpool(service.model_file, name)
+            path = await run_in_threadpool(service.model_file, bundle, name)
         except ApiError:
             raise
         except Exception as error:
             raise ApiError(503, f"cannot export the ONNX graphs: {type(error).__name__}: {error}") from error
+        # The page keeps model files in its own cache, keyed by sha256; the manifest is checked on every visit.
         return FileResponse(path, media_type=_media_type(path), headers={"cache-control": "no-cache"})
 
     @app.post("/api/encode")
