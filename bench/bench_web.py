@@ -1,18 +1,25 @@
-"""In-browser encode/decode speed of the web app: onnxruntime-web (WebAssembly) in Debian's headless Chromium.
+"""The browser page at full size: bundle sizes, cold and warm loads, in-browser speed and live duplex.
 
-Starts `mimistack serve` on 127.0.0.1 (with COOP/COEP, so the page may use threads), opens the page once per thread
-count with `?threads=N&ep=wasm&test&bench` (tests/e2e/drive.mjs builds the URL), and runs the page's own benchmark
-hook (`window.mimistack.bench`, `web/src/testing/bench.ts`, loaded only on `?bench` pages):
-encode and decode of S seconds of speech through the same graphs the page uses for files (4 s chunks of the
-streaming graphs), then a frame-by-frame decode through the streaming decoder, as live mode runs it.
+Writes a static site with both bundles (`mimistack export-web`, from the engine's export cache: minutes for the
+official size on first use), serves it with `python -m http.server` on 127.0.0.1 (the page isolates itself with its
+service worker, so onnxruntime-web may use threads), and drives Debian's headless Chromium through
+tests/e2e/site.mjs --bench, in one browser profile:
 
-    python bench/bench_web.py                             # official-size random weights, 10 s, 1 and 4 threads
-    python bench/bench_web.py --weights random-tiny --seconds 4 --repeats 1 --threads 1   # a smoke run
-    python bench/bench_web.py --json web.json
+* cold load (empty Cache Storage: download, sha256 check, sessions) and warm load (every model file from the cache)
+  of each bundle, navigation to engine ready;
+* the page's own benchmark (`window.mimistack.bench`): encode and decode of S seconds of speech through the file
+  path (4 s chunks of the streaming graphs), then frame by frame through the streaming decoder, per bundle and
+  thread count;
+* live duplex: a fake microphone (Chromium's file capture, the speech file) through encode → decode → speaker,
+  frame by frame, for --live-seconds.
 
-Needs chromium, node, `npm ci --prefix web && npm run build --prefix web`; the ONNX graphs of the weights are
-exported into the engine cache on first use (minutes for the official size; needs torch) unless --onnx is given.
-Real-time factors are audio seconds per wall-clock second (> 1 is faster than real time).
+The old page's download (the export's encoder_stream, decoder_stream and embed graphs) is listed beside the bundles.
+
+    python bench/bench_web.py                          # official-size random weights, 1 and 2 threads
+    python bench/bench_web.py --weights random-tiny --seconds 4 --repeats 1 --live-seconds 3   # a smoke run
+
+Loads are on loopback: they time hashing, caching and session creation, not a network (the table adds the download
+time at 50 Mbit/s). Real-time factors are audio seconds per wall-clock second (> 1 is faster than real time).
 """
 
 from __future__ import annotations
@@ -24,178 +31,150 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DRIVER = REPO / "tests" / "e2e" / "drive.mjs"
+DRIVER = REPO / "tests" / "e2e" / "site.mjs"
 sys.path.insert(0, str(REPO / "tests"))  # the one speech helper: tests/speech_data.py
 from speech_data import speech_file  # noqa: E402
+
+OLD_PAGE_FILES = ("encoder_stream.onnx", "decoder_stream.onnx", "embed.onnx")
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
-def weights_path(weights: str) -> Path:
+def make_site(weights: str, target: Path) -> tuple[Path, dict[str, Any], int]:
+    """The site of `weights` in `target`; returns the export folder, the models index and the old page's bytes."""
     from mimistack.codec import random_weights_path
-    from mimistack.weights import resolve_weights
-
-    return random_weights_path(weights) if weights in ("random", "random-tiny") else resolve_weights(weights)
-
-
-def export_dir(weights: Path) -> Path:
+    from mimistack.engine.export.site import write_site
     from mimistack.engine.onnx_cache import load_onnx_engine
 
+    path = random_weights_path(weights) if weights in ("random", "random-tiny") else Path(weights)
     started = time.perf_counter()
-    folder = load_onnx_engine(weights=weights).onnx_dir
-    print(f"ONNX graphs: {folder} ({time.perf_counter() - started:.0f} s to find or export)", file=sys.stderr)
-    return folder
+    onnx_dir = load_onnx_engine(weights=path).onnx_dir
+    print(f"ONNX export: {onnx_dir} ({time.perf_counter() - started:.0f} s to find or make)", file=sys.stderr)
+    result = write_site(onnx_dir, target)
+    old = sum((onnx_dir / name).stat().st_size for name in OLD_PAGE_FILES)
+    return onnx_dir, result.index, old
 
 
-def start_server(weights: Path, onnx_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mimistack.cli",
-                "serve",
-                "--weights",
-                str(weights),
-                "--onnx",
-                str(onnx_dir),
-                "--port",
-                str(port),
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5):
-                return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"mimistack serve did not start:\n{log.read_text()}") from None
-            time.sleep(0.3)
-
-
-def run_page(
-    url: str, threads: int, seconds: float, repeats: int, audio: Path | None, timeout: int, variant: str = "fp32"
-) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="mimistack-bench-web-") as out:
-        command = [
-            "node",
-            str(DRIVER),
-            "--url",
-            url,
-            "--out",
-            out,
-            "--scenario",
-            "bench",
-            "--threads",
-            str(threads),
-            "--seconds",
-            str(seconds),
-            "--repeats",
-            str(repeats),
-            "--timeout",
-            str(timeout),
-            "--variant",
-            variant,
-        ]
-        if audio is not None:
-            command += ["--file", str(audio)]
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 120)
-        result = json.loads((Path(out) / "result.json").read_text())
+def run_driver(url: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [
+        "node", str(DRIVER), "--bench", "--url", url, "--out", str(out), "--file", args.file,
+        "--threads", args.threads, "--seconds", str(args.seconds), "--repeats", str(args.repeats),
+        "--live-seconds", str(args.live_seconds), "--live-threads", str(args.live_threads),
+        "--timeout", str(args.timeout),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout * 20)
+    result: dict[str, Any] = json.loads((out / "result.json").read_text())
     if completed.returncode != 0 or result.get("failure"):
-        raise RuntimeError(
-            f"the page benchmark failed with {threads} thread(s): {result.get('failure')}\n{completed.stderr}"
-        )
-    return {**result["bench"], "variant": variant}
+        raise RuntimeError(f"the page benchmark failed: {result.get('failure')}\n{completed.stderr[-3000:]}")
+    return result
 
 
-def table(rows: list[dict[str, Any]], seconds: float, weights: str) -> str:
+def tables(index: dict[str, Any], old_bytes: int, phases: dict[str, Any], args: argparse.Namespace) -> str:
+    mb = 1e6
     lines = [
-        f"In-browser speed, {seconds:g} s of speech, weights {weights}, onnxruntime-web WebAssembly "
-        "(Chromium headless)",
+        f"Browser page, weights {args.weights}, Chromium headless, onnxruntime-web WebAssembly, site served by "
+        "python -m http.server on loopback",
         "",
-        "| graphs | threads | isolated | encode ms | encode x RT | decode ms | decode x RT "
-        "| stream step ms (median) | stream decode x RT | 2 frames/step: x RT | 4 frames/step: x RT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| download | MB | vs the old page | cold load s | warm load s | at 50 Mbit/s s |",
+        "|---|---|---|---|---|---|",
+        f"| old page (encoder_stream + decoder_stream + embed) | {old_bytes / mb:.1f} | 1.00 | | | "
+        f"{old_bytes * 8 / 50e6:.0f} |",
     ]
-    for row in rows:
-        stream = (
-            f"{row['streamFrameMsMedian']:.1f} | {row['streamDecodeRealtime']:.2f}"
-            if "streamFrameMsMedian" in row
-            else "n/a | n/a"
-        )
-        for frames in (2, 4):
-            key = f"stream{frames}DecodeRealtime"
-            stream += f" | {row[key]:.2f}" if key in row else " | n/a"
-        isolated = "yes" if row["crossOriginIsolated"] else "no"
+    for name, entry in index["bundles"].items():
+        cold, warm = phases.get(f"cold_{name}", {}), phases.get(f"warm_{name}", {})
         lines.append(
-            f"| {row.get('variant', 'fp32')} | {row['numThreads']} | {isolated} | "
-            f"{row['encodeMs']:.0f} | {row['encodeRealtime']:.2f} | {row['decodeMs']:.0f} | "
-            f"{row['decodeRealtime']:.2f} | {stream} |"
+            f"| {name} bundle ({entry['storage']} storage) | {entry['bytes'] / mb:.1f} | "
+            f"{entry['bytes'] / old_bytes:.2f} | {cold.get('seconds', float('nan')):.1f} | "
+            f"{warm.get('seconds', float('nan')):.1f} | {entry['bytes'] * 8 / 50e6:.0f} |"
+        )
+    lines += [
+        "",
+        f"Speed, {args.seconds:g} s of speech (x RT = audio seconds per second; > 1 is faster than real time)",
+        "",
+        "| bundle | threads | isolated | encode x RT | decode x RT | stream decode, 1 frame/call: ms median | x RT |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, row in phases.items():
+        if not key.startswith("speed_"):
+            continue
+        bundle = key.split("_")[1]
+        stream_ms, stream_rt = (
+            row.get("streamFrameMsMedian", float("nan")),
+            row.get("streamDecodeRealtime", float("nan")),
+        )
+        lines.append(
+            f"| {bundle} | {row['numThreads']} | {'yes' if row['crossOriginIsolated'] else 'no'} | "
+            f"{row['encodeRealtime']:.2f} | {row['decodeRealtime']:.2f} | {stream_ms:.1f} | {stream_rt:.2f} |"
+        )
+    lines += [
+        "",
+        f"Live duplex (fake microphone → encode → decode → speaker), {args.live_threads} threads, "
+        f"{args.live_seconds:g} s",
+        "",
+        "| bundle | frames | x RT (80 ms / step) | mean step ms | mean backlog frames | max backlog | latency ms "
+        "(frame + backlog + step) | notice shown |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, row in phases.items():
+        if not key.startswith("live_"):
+            continue
+        live = row["live"]
+        frames = max(1, int(live["frames"]))
+        step = live["busyMilliseconds"] / frames
+        backlog = live["backlogSum"] / frames
+        latency = 80.0 + backlog * 80.0 + step
+        lines.append(
+            f"| {key.removeprefix('live_')} | {frames} | {80.0 / step:.2f} | {step:.1f} | {backlog:.2f} | "
+            f"{live['maxBacklog']} | {latency:.0f} | {'yes' if row['notice'] else 'no'} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--weights", default="random", help="'random' (official size, default), 'random-tiny' or a .safetensors file"
-    )
-    parser.add_argument("--onnx", default=None, help="an exported ONNX folder (default: the engine's export cache)")
+    parser.add_argument("--weights", default="random", help="'random' (official size), 'random-tiny' or a file")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", default="1,4", help="comma-separated WebAssembly thread counts (default 1,4)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated WebAssembly thread counts (default 1,2)")
+    parser.add_argument("--live-seconds", type=float, default=10.0)
+    parser.add_argument("--live-threads", type=int, default=2)
     parser.add_argument(
         "--file",
         default=str(speech_file("real_sense_and_sensibility_01_austen_64kb-0890")),
-        help="speech to tile to --seconds ('' for a synthetic signal)",
+        help="speech for the speed runs (tiled to --seconds) and the fake microphone (a 24 kHz WAV)",
     )
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per page run")
-    parser.add_argument(
-        "--variants",
-        default="fp32",
-        help="comma-separated graph variants to run (fp32, fp16, int8; the export must have them)",
-    )
-    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per wait in the page")
+    parser.add_argument("--json", default=None, help="also write the phases as JSON here")
     args = parser.parse_args(argv)
 
-    weights = weights_path(args.weights)
-    onnx_dir = Path(args.onnx) if args.onnx else export_dir(weights)
-    audio = Path(args.file) if args.file else None
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="mimistack-bench-serve-") as folder:
-        server = start_server(weights, onnx_dir, port, Path(folder) / "serve.log")
+    with tempfile.TemporaryDirectory(prefix="mimistack-bench-web-") as folder:
+        root = Path(folder)
+        _, index, old_bytes = make_site(args.weights, root / "site")
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port), "--directory", str(root / "site")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            rows = []
-            runs = [(v.strip(), int(t)) for v in args.variants.split(",") for t in args.threads.split(",")]
-            for variant, threads in runs:
-                print(f"running the page with {variant} graphs, {threads} thread(s)…", file=sys.stderr)
-                rows.append(
-                    run_page(
-                        f"http://127.0.0.1:{port}/", threads, args.seconds, args.repeats, audio, args.timeout, variant
-                    )
-                )
-                print(json.dumps(rows[-1]), file=sys.stderr)  # kept even if a later run fails
+            time.sleep(1.0)
+            (root / "out").mkdir()
+            result = run_driver(f"http://127.0.0.1:{port}/", root / "out", args)
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(table(rows, args.seconds, args.weights))
+    phases = result["phases"]
+    print(tables(index, old_bytes, phases, args))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"weights": args.weights, "seconds": args.seconds, "rows": rows}, indent=2) + "\n"
-        )
+        Path(args.json).write_text(json.dumps({"weights": args.weights, "index": index, "phases": phases}, indent=1))
     return 0
 
 

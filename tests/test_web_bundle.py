@@ -23,6 +23,7 @@ pytest.importorskip("onnx", reason="bundles are written with the [export] extra"
 import onnx
 
 from mimistack.engine.export.common import ExportError
+from mimistack.engine.export.site import SiteError, write_site
 from mimistack.engine.export.web import (
     export_web_bundle,
     read_bundle_latent_tables,
@@ -30,7 +31,6 @@ from mimistack.engine.export.web import (
 )
 from mimistack.engine.onnx_format import CODEBOOKS_NAME, StateSpec, load_codebooks
 from mimistack.levels import latent_from_codes
-from mimistack.server.site import SiteError, write_site
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The web app end to end: Debian's Chromium, headless, driven by playwright-core (tests/e2e/drive.mjs).
 
-`mimistack serve` runs for real (a subprocess on 127.0.0.1, as a user starts it) with a tiny random checkpoint; its
-ONNX graphs come from the engine's export cache (exported once per test session). The page loads, opens a speech
+`mimistack serve` runs for real (a subprocess on 127.0.0.1, as a user starts it) with a tiny random checkpoint; the
+web bundles it serves under /models/ are made from the engine's export cache (exported once per test session; the
+static-site mode of the page is tests/test_web_site.py). The page loads, opens a speech
 file, encodes it in the browser, toggles levels and decodes; the test then checks what the page computed against
 Python:
 
@@ -313,31 +314,20 @@ def test_live_stream_from_the_microphone(server: str, speech: list[Path], tiny_c
     assert error <= DECODE_TOLERANCE
 
 
-def test_reduced_precision_graphs_and_catch_up_steps_in_the_page(
-    tiny_checkpoint: Path,
-    tiny_onnx_dir: Path,
-    speech: list[Path],
-    tmp_path_factory: pytest.TempPathFactory,
-    tmp_path: Path,
-) -> None:
-    """`?variant=int8` loads the int8 graphs of an export that has them; the page's benchmark hook streams with 1, 2
-    and 4 frames per decoder call (live mode's catch-up steps) and times each."""
-    folder = tiny_onnx_dir  # the session's export has the int8 graphs
+def test_light_bundle_and_catch_up_steps_in_the_page(server: str, speech: list[Path], tmp_path: Path) -> None:
+    """`?bundle=light` loads the light web bundle (float16 storage) that the server serves next to the exact one;
+    the page's benchmark hook streams with 1, 2 and 4 frames per decoder call (live mode's catch-up steps) and
+    times each."""
     audio = next(p for p in speech if p.name == SPEECH_FILE)
-    serving = _serve(tiny_checkpoint, tmp_path_factory, "--onnx", str(folder))
-    url = next(serving)
-    try:
-        out = _artifacts(tmp_path, "variant")
-        result = drive(
-            url, out, "bench", audio, 240, "--variant", "int8", "--seconds", "2", "--repeats", "1", "--threads", "1"
-        )
-        check_clean(result, url)
-        assert any("/assets/bench-" in r["url"] for r in result["requests"]), "the ?bench page loaded no bench chunk"
-        bench = result["bench"]
-        assert bench["variant"] == "int8" and bench["numThreads"] == 1
-        int8_requests = [r["url"] for r in result["requests"] if ".int8.onnx" in r["url"]]
-        assert any("decoder_stream.int8.onnx" in u for u in int8_requests), result["requests"]
-        for key in ("streamDecodeRealtime", "stream2DecodeRealtime", "stream4DecodeRealtime"):
-            assert bench[key] > 0, key
-    finally:
-        serving.close()
+    out = _artifacts(tmp_path, "light")
+    result = drive(
+        server, out, "bench", audio, 240, "--bundle", "light", "--seconds", "2", "--repeats", "1", "--threads", "1"
+    )
+    check_clean(result, server)
+    assert any("/assets/bench-" in r["url"] for r in result["requests"]), "the ?bench page loaded no bench chunk"
+    bench = result["bench"]
+    assert bench["bundle"] == "light" and bench["numThreads"] == 1
+    models = [urlsplit(r["url"]).path for r in result["requests"] if "/models/" in r["url"]]
+    assert "/models/light/decoder_stream.onnx" in models and not any("/models/exact/" in p for p in models), models
+    for key in ("streamDecodeRealtime", "stream2DecodeRealtime", "stream4DecodeRealtime"):
+        assert bench[key] > 0, key

@@ -1,6 +1,8 @@
 /**
  * Build of the mimistack page: `npm run build` writes the page into ../src/mimistack/server/static (served by
- * `mimistack serve`), plus onnxruntime-web's WebAssembly runtime under static/ort/ (so nothing loads from a CDN).
+ * `mimistack serve`, copied into static sites by `mimistack export-web`), plus onnxruntime-web's WebAssembly runtime
+ * under static/ort/ (so nothing loads from a CDN). Every URL in the build is relative (`base: './'`), so the page
+ * works from any folder of any static file server.
  * `npm run dev` serves the page with hot reload and forwards /api and /models to a `mimistack serve` on port 8765.
  */
 
@@ -54,6 +56,7 @@ function serveOnnxRuntimeInDev(): Plugin {
 }
 
 export default defineConfig({
+  base: './',
   resolve: {
     // The builds of onnxruntime-web that load their .mjs/.wasm from env.wasm.wasmPaths (/ort/) instead of
     // embedding them: the files are then served once, by us, and pthread workers can load them.

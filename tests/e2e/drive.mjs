@@ -23,7 +23,10 @@ const { chromium } = createRequire(join(webDir, 'package.json'))('playwright-cor
 const { values: args } = parseArgs({
   options: {
     url: { type: 'string' }, out: { type: 'string' }, scenario: { type: 'string', default: 'roundtrip' },
-    file: { type: 'string' }, threads: { type: 'string' }, variant: { type: 'string', default: 'fp32' }, seconds: { type: 'string', default: '10' },
+    file: { type: 'string' }, threads: { type: 'string' }, seconds: { type: 'string', default: '10' },
+    // The web bundle the page loads (?bundle=): exact or light; default the models index's. --variant is the old
+    // name (fp32 only: the light bundle replaced the fp16/int8 graph variants).
+    bundle: { type: 'string', default: '' }, variant: { type: 'string', default: 'fp32' },
     repeats: { type: 'string', default: '3' }, 'live-seconds': { type: 'string', default: '3' },
     timeout: { type: 'string', default: '240' }, chromium: { type: 'string', default: '/usr/bin/chromium' },
     // Try the WebGPU execution provider on Chromium's software adapter (SwiftShader): a manual check, not CI.
@@ -182,7 +185,9 @@ async function live(page) {
 }
 
 async function bench(page) {
-  await page.goto(pageUrl(`?threads=${args.threads ?? 1}&ep=wasm&variant=${args.variant}`, 'test', 'bench'));
+  if (args.variant !== 'fp32') throw new Error(`--variant ${args.variant}: the graph variants are gone; use --bundle light`);
+  const bundle = args.bundle ? `&bundle=${args.bundle}` : '';
+  await page.goto(pageUrl(`?threads=${args.threads ?? 1}&ep=wasm${bundle}`, 'test', 'bench'));
   result.engine = await engineReady(page);
   if (args.file) {
     await page.setInputFiles('#file', args.file);

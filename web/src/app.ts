@@ -1,6 +1,7 @@
 /**
- * Start-up: ask the server what it serves (`/api/info`), build the stack for its levels, wire the controls
- * (`ui/*.ts`), subscribe the renderers to the state (`state.ts`) and start the in-browser engine. Then
+ * Start-up: find the models (`bundles.ts`: this site's models/bundles.json or ?model=) and what they are (a
+ * mimistack server's `/api/info`, or a static site's bundle manifest), build the stack for their levels, wire the
+ * controls (`ui/*.ts`), subscribe the renderers to the state (`state.ts`) and start the in-browser engine. Then
  * `<body data-ready>` says the page is up ("true", or "error" when the server could not be asked).
  *
  * `?test` pages also load the test hooks (`testing/hooks.ts`, `window.mimistack`) and `?bench` pages the hooks and
@@ -8,10 +9,11 @@
  */
 
 import { readyEngine } from './browser-engine';
+import { pageInfo, site } from './bundles';
 import { bitrate, formatBitrate } from './levels';
 import { testingWanted } from './options';
-import { serverInfo } from './server-api';
 import { store } from './state';
+import { wireProgressive } from './progressive/wire';
 import { wireCapture } from './ui/capture';
 import { $ } from './ui/dom';
 import { wireDownloads } from './ui/downloads';
@@ -19,7 +21,7 @@ import { showError } from './ui/feedback';
 import { renderSelection, wireLevels } from './ui/levels';
 import { startPlayheads, wirePlayer } from './ui/player';
 import { wireSource } from './ui/source';
-import { renderStatus, STATUS_KEYS, wireMode } from './ui/status';
+import { renderStatus, STATUS_KEYS, wireModels, wireMode } from './ui/status';
 import { renderTake } from './ui/take';
 import { wireSignalStyle } from './ui/views';
 
@@ -33,11 +35,12 @@ async function loadTesting(): Promise<void> {
   installHooks(bench?.bench);
 }
 
-/** Everything after `/api/info`; false when the server could not be asked. */
+/** Everything after the models' description; false when it could not be had. */
 async function setUp(): Promise<boolean> {
   let info;
   try {
-    info = await serverInfo();
+    info = await pageInfo();
+    wireModels(await site());
   } catch (error) {
     showError((error as Error).message);
     store.update({ phase: 'error' });
@@ -65,6 +68,7 @@ async function setUp(): Promise<boolean> {
   wirePlayer();
   wireSignalStyle();
   wireDownloads();
+  wireProgressive();
   $('error-close').addEventListener('click', () => showError(null));
   startPlayheads();
   store.update({ phase: 'ready' });

@@ -1,12 +1,12 @@
 /**
- * The in-browser engine (`engine/client.ts`): started once, on first use, with the page's URL options; waits for
- * the server to have exported the ONNX graphs and shows the models' download progress.
+ * The in-browser engine (`engine/client.ts`): started once, on first use, with the page's URL options and the web
+ * bundle `bundles.ts` chose; shows the models' progress (bytes of all files, "from cache" when they were kept).
  */
 
+import { bundleManifest, site } from './bundles';
 import { Engine } from './engine/client';
 import type { Progress } from './engine/messages';
-import { executionPreference, graphVariant, numThreads, streamingWanted } from './options';
-import { serverModels } from './server-api';
+import { executionPreference, numThreads, serverAvailable } from './options';
 import { store } from './state';
 import { progress } from './ui/feedback';
 
@@ -21,13 +21,13 @@ export function readyEngine(): Promise<Engine> {
 async function startEngine(): Promise<Engine> {
   const engine = new Engine();
   store.update({ engine });
-  const isolated = globalThis.crossOriginIsolated === true;
   try {
-    await waitForGraphs();
+    const { chosen } = await site();
+    const manifest = await bundleManifest();
     const model = await engine.init({
-      modelBase: '/models/', wasmPaths: '/ort/', numThreads: numThreads(isolated), executionProvider: executionPreference(),
-      streaming: streamingWanted(), variant: graphVariant(),
-    }, showLoadProgress);
+      manifestUrl: chosen.manifestUrl, manifest, wasmPaths: new URL('ort/', document.baseURI).href,
+      numThreads: numThreads(globalThis.crossOriginIsolated === true), executionProvider: executionPreference(),
+    }, showLoadProgress(chosen.name));
     progress(null);
     store.update({ model });
     return engine;
@@ -35,29 +35,24 @@ async function startEngine(): Promise<Engine> {
     const message = (error as Error).message;
     progress(null);
     store.update({ engineError: message });
-    throw new Error(`the in-browser engine could not start: ${message}. The server-side mode still works.`);
+    throw new Error(`the in-browser engine could not start: ${message}`
+      + (serverAvailable() ? '. The server-side mode still works.' : ''));
   }
 }
 
-/** The server exports the graphs on first use of a checkpoint (minutes for the official model): wait for them. */
-async function waitForGraphs(): Promise<void> {
-  const started = performance.now();
-  for (;;) {
-    const status = await serverModels();
-    if (status.ready) return;
-    if (status.error) throw new Error(status.error);
-    const elapsed = Math.round((performance.now() - started) / 1000);
-    progress(`The server is exporting the ONNX graphs (first use of these weights: a few minutes)… ${elapsed} s`);
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-  }
-}
+const mb = (bytes: number) => (bytes / 1e6).toFixed(1);
 
-function showLoadProgress(p: Progress): void {
-  if (p.stage === 'download') {
-    const total = p.total ? ` / ${(p.total / 1e6).toFixed(1)} MB` : '';
-    progress(`Loading models: ${p.file} ${((p.loaded ?? 0) / 1e6).toFixed(1)}${total} (${(p.fileIndex ?? 0) + 1} of ${p.fileCount})`,
-      ((p.fileIndex ?? 0) + (p.total ? (p.loaded ?? 0) / p.total : 0)) / (p.fileCount ?? 1));
-  } else if (p.stage === 'prepare') {
-    progress('Preparing the models…');
-  }
+function showLoadProgress(bundle: string): (p: Progress) => void {
+  let note = '';
+  return (p) => {
+    if (p.note) note = ` · ${p.note}`;
+    if (p.stage === 'download') {
+      const loaded = p.loaded ?? 0;
+      const total = p.total ?? 0;
+      progress(`Loading the ${bundle} models: ${mb(loaded)} of ${mb(total)} MB (${p.file}${p.fromCache ? ', from cache' : ''})${note}`,
+        total ? loaded / total : undefined);
+    } else if (p.stage === 'prepare') {
+      progress(`Preparing the models…${note}`);
+    }
+  };
 }

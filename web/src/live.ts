@@ -25,6 +25,8 @@ export interface LiveFrame {
   decodeMilliseconds: number;
   /** Frames captured but not yet processed: how far the model lags behind the microphone. */
   backlog: number;
+  /** Once per capture, when the models cannot keep up with the microphone: what to tell the user; else null. */
+  lagging: string | null;
 }
 
 export interface CaptureOptions {
@@ -55,6 +57,8 @@ export class Capture {
   private received = 0;
   private processed = 0;
   private failure: Error | null = null;
+  private slowSteps = 0;
+  private warned = false;
 
   private constructor(private readonly options: CaptureOptions, private readonly context: AudioContext,
     private readonly stream: MediaStream, private readonly node: AudioWorkletNode) {
@@ -69,7 +73,7 @@ export class Capture {
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
     const context = new AudioContext({ sampleRate: options.sampleRate, latencyHint: 'interactive' });
-    await context.audioWorklet.addModule('/worklets/live.js');
+    await context.audioWorklet.addModule(new URL('worklets/live.js', document.baseURI).href);
     const node = new AudioWorkletNode(context, 'mimistack-live', {
       numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
       processorOptions: { frameSize: options.frameSize, prebuffer: options.frameSize },
@@ -117,7 +121,7 @@ export class Capture {
     const frameSize = this.options.frameSize;
     if (!engine) {
       for (const { index, pcm } of batch) {
-        this.options.onFrame({ index, input: pcm, output: null, codes: null, encodeMilliseconds: 0, decodeMilliseconds: 0, backlog: 0 });
+        this.options.onFrame({ index, input: pcm, output: null, codes: null, encodeMilliseconds: 0, decodeMilliseconds: 0, backlog: 0, lagging: null });
       }
       return;
     }
@@ -128,6 +132,7 @@ export class Capture {
       const result = await engine.streamStep(joined, this.options.selection());
       const count = result.numFrames;
       const levels = result.codes.length / count;
+      const lagging = this.lagging((result.encodeMilliseconds + result.decodeMilliseconds) / count);
       for (let k = 0; k < count; k++) {
         const column = new Uint16Array(levels);
         for (let level = 0; level < levels; level++) column[level] = result.codes[level * count + k];
@@ -138,12 +143,27 @@ export class Capture {
         this.options.onFrame({
           index: batch[k].index, input: batch[k].pcm, output, codes: column,
           encodeMilliseconds: result.encodeMilliseconds / count, decodeMilliseconds: result.decodeMilliseconds / count,
-          backlog: this.chunks.length - this.processed,
+          backlog: this.chunks.length - this.processed, lagging: k === 0 ? lagging : null,
         });
       }
     } catch (error) {
       this.failure = error instanceof Error ? error : new Error(String(error));
     }
+  }
+
+  /** The notice for a stream that cannot keep up (once per capture): steps slower than real time for about 2 s,
+   * or more frames queued than the catch-up steps can clear. */
+  private lagging(frameMilliseconds: number): string | null {
+    const realtime = (1000 * this.options.frameSize) / this.options.sampleRate;
+    const backlog = this.chunks.length - this.processed;
+    this.slowSteps = frameMilliseconds > realtime ? this.slowSteps + 1 : Math.max(0, this.slowSteps - 1);
+    if (this.warned || (this.slowSteps < 25 && backlog <= 2 * MAX_FRAMES_PER_STEP)) return null;
+    this.warned = true;
+    const gpu = this.options.engine?.description?.executionProvider === 'webgpu';
+    return `Live mode cannot keep up in this browser: an ${realtime.toFixed(0)} ms frame takes about `
+      + `${frameMilliseconds.toFixed(0)} ms to encode and decode here, so the decoded audio falls further and further `
+      + `behind the microphone (${backlog} frames queued). ${gpu ? 'Use' : 'Try WebGPU (?ep=webgpu, in a browser that has it) or use'} `
+      + 'server mode (the page served by `mimistack serve`, computing on that machine).';
   }
 
   /** Stop the microphone, finish the frames still queued (the last partial frame zero-padded) and return the take. */

@@ -1,33 +1,55 @@
 /**
  * The page's URL options, read once from `location.search`:
  *
- * ?threads=N (WebAssembly threads), ?ep=wasm|webgpu|auto, ?mode=browser|server, ?variant=fp32|fp16|int8,
- * ?browserLimit=SECONDS (longer files go to the server), ?streaming=0 (skip the live-mode graphs);
- * ?test loads the end-to-end test hooks (`window.mimistack`, `testing/hooks.ts`), ?bench those and the
- * benchmark (`testing/bench.ts`). Neither is part of the page's main chunk.
+ * ?bundle=exact|light (which web bundle; default the models index's "default"), ?model=URL (a bundle folder, its
+ * manifest.json or a bundles.json elsewhere), ?threads=N (WebAssembly threads), ?ep=wasm|webgpu|auto,
+ * ?mode=browser|server (server only where a mimistack server serves the page), ?browserLimit=SECONDS (longer files
+ * go to the server, when there is one); ?test loads the end-to-end test hooks (`window.mimistack`,
+ * `testing/hooks.ts`), ?bench those and the benchmark (`testing/bench.ts`). Neither is part of the page's main chunk.
  */
 
-import type { ExecutionPreference, Variant } from './engine/messages';
+import type { ExecutionPreference } from './engine/messages';
 
 const params = new URLSearchParams(location.search);
 
 export type Mode = 'browser' | 'server';
 
+let server = false;
+
+/** Set once `models/bundles.json` said whether a mimistack server (with its /api) serves this page. */
+export function setServerAvailable(available: boolean): void {
+  server = available;
+}
+
+export function serverAvailable(): boolean {
+  return server;
+}
+
 export function initialMode(): Mode {
   return params.get('mode') === 'server' ? 'server' : 'browser';
 }
 
-/** `?variant=fp16|int8`: reduced-precision graphs (if the export has them; errors vs fp32 in its manifest). */
-export function graphVariant(): Variant {
-  const wanted = params.get('variant') ?? 'fp32';
-  if (wanted !== 'fp32' && wanted !== 'fp16' && wanted !== 'int8') {
-    throw new Error(`unknown ?variant=${wanted}; expected fp32, fp16 or int8`);
-  }
-  return wanted;
+/** `?bundle=NAME`, or null for the models index's default. */
+export function bundleWanted(): string | null {
+  return params.get('bundle');
 }
 
+/** `?model=URL` (absolute, or relative to this page), or null. */
+export function modelUrl(): string | null {
+  const value = params.get('model');
+  return value ? new URL(value, document.baseURI).href : null;
+}
+
+/** This page's URL with `?bundle=name` (switching bundles reloads the page with it). */
+export function urlWithBundle(name: string): string {
+  const next = new URLSearchParams(params);
+  next.set('bundle', name);
+  return `${location.pathname}?${next}`;
+}
+
+/** Files longer than this go to the server (never, without a server). */
 export function browserLimitSeconds(): number {
-  return Number(params.get('browserLimit') ?? 120);
+  return server ? Number(params.get('browserLimit') ?? 120) : Infinity;
 }
 
 /** WebAssembly threads: ?threads=N when the page is cross-origin isolated (else 1), by default up to 4. */
@@ -37,11 +59,11 @@ export function numThreads(isolated: boolean): number {
 }
 
 export function executionPreference(): ExecutionPreference {
-  return (params.get('ep') ?? 'auto') as ExecutionPreference;
-}
-
-export function streamingWanted(): boolean {
-  return params.get('streaming') !== '0';
+  const wanted = params.get('ep') ?? 'auto';
+  if (wanted !== 'auto' && wanted !== 'wasm' && wanted !== 'webgpu') {
+    throw new Error(`unknown ?ep=${wanted}; expected auto, wasm or webgpu`);
+  }
+  return wanted;
 }
 
 /** `?test`: the test hooks; `?bench`: the test hooks and the benchmark. */

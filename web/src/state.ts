@@ -42,6 +42,10 @@ export interface LiveStats {
   encodeMilliseconds: number;
   decodeMilliseconds: number;
   backlog: number;
+  /** Sums over the frames so far (the benchmark's real-time factor and latency). */
+  busyMilliseconds: number;
+  backlogSum: number;
+  maxBacklog: number;
 }
 
 export interface LiveBuffers {
@@ -105,7 +109,7 @@ export class Store<S extends object> {
 }
 
 export function emptyLive(): LiveBuffers {
-  return { columns: [], input: [], output: [], stats: { frames: 0, encodeMilliseconds: 0, decodeMilliseconds: 0, backlog: 0 } };
+  return { columns: [], input: [], output: [], stats: { frames: 0, encodeMilliseconds: 0, decodeMilliseconds: 0, backlog: 0, busyMilliseconds: 0, backlogSum: 0, maxBacklog: 0 } };
 }
 
 export const store = new Store<State>({

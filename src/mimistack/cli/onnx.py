@@ -78,8 +78,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_export_web(args: argparse.Namespace) -> int:
-    from ..server.app import STATIC_DIR
-    from ..server.site import write_site
+    from ..engine.export.site import PAGE_DIR, write_site
 
     bundles = ["exact", "light"] if args.bundle == "both" else [args.bundle]
     audio = None
@@ -93,7 +92,7 @@ def cmd_export_web(args: argparse.Namespace) -> int:
     result = write_site(
         onnx_dir,
         args.output,
-        Path(args.static_dir) if args.static_dir else STATIC_DIR,
+        Path(args.static_dir) if args.static_dir else PAGE_DIR,
         bundles=bundles,
         default=args.default if args.default in bundles else bundles[0],
         audio=audio,

@@ -1,5 +1,5 @@
-"""`mimistack stream send`, `stream receive` and `stream serve`: progressive token streaming over WebSocket, and
-the stream server that batches many streams.
+"""`mimistack stream send`, `stream receive`, `stream relay` and `stream serve`: progressive token streaming over
+WebSocket, a relay both ends connect to (for browsers), and the stream server that batches many streams.
 
 A feature module of the CLI (`mimistack.cli` calls `register(command)`); the work is done by
 `mimistack.stream` (protocol spec: docs/protocol.md). Uses `cli.load_codec`, `cli.check_input`, `cli.check_output`
@@ -7,9 +7,11 @@ and `audio.AudioWriter`.
 
     mimistack stream receive --listen 127.0.0.1:8765 -o out.wav [--mimi out.mimi] --weights W
     mimistack stream send in.wav ws://127.0.0.1:8765 [--bitrate 4400 | --schedule "0:200,2:4400,5:500"] --weights W
+    mimistack stream relay --listen 127.0.0.1:8766 [--loss 0.1 --seed 0] [--schedule "0:200,2:4400"]
     mimistack stream serve [--listen 127.0.0.1:8765] [--max-streams 8] --weights W
 
-All three run on the engine that streams fastest here (ONNX Runtime on a CPU) unless --engine names one.
+The relay needs no model; the others run on the engine that streams fastest here (ONNX Runtime on a CPU) unless
+--engine names one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ..codec import Codec
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
+DEFAULT_RELAY_LISTEN = "127.0.0.1:8766"
 
 
 def register(command: Command) -> None:
@@ -39,7 +42,7 @@ def register(command: Command) -> None:
         "stream tokens over WebSocket, level 0 first plus as many levels as the bandwidth allows (docs/protocol.md)",
         model=False,
     )
-    actions = stream.add_subparsers(dest="stream_command", metavar="{send,receive,serve}")
+    actions = stream.add_subparsers(dest="stream_command", metavar="{send,receive,relay,serve}")
     actions.required = True
 
     p = actions.add_parser(
@@ -113,6 +116,38 @@ def register(command: Command) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     p = actions.add_parser(
+        "relay",
+        help="relay streams between senders and receivers that both connect to it (browsers can), lossy if asked",
+        description="A WebSocket server that pairs a sender at /send/NAME with a receiver at /receive/NAME "
+        "(both connect to it, so a browser page can be either end): FRAME messages downstream are dropped with "
+        "--loss and paced through a bottleneck following --schedule, as the loopback network simulator does; "
+        "FEEDBACK goes back to the sender. The first end to arrive waits --hold seconds for the other.",
+    )
+    p.set_defaults(handler=cmd_relay)
+    p.add_argument(
+        "--listen", default=DEFAULT_RELAY_LISTEN, help=f"HOST:PORT (default {DEFAULT_RELAY_LISTEN}; port 0: any)"
+    )
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback address and pages (unencrypted)")
+    p.add_argument("--loss", type=float, default=0.0, help="probability of dropping each FRAME message (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drops (each stream starts from it; default 0)")
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help='the bottleneck\'s bandwidth over stream time, "SECONDS:BITRATE,..." (default: no bottleneck)',
+    )
+    p.add_argument("--delay", type=float, default=0.0, help="extra one-way delay in seconds (default 0)")
+    p.add_argument(
+        "--max-queue-delay",
+        type=float,
+        default=2.0,
+        help="drop a FRAME that would wait longer than this for the bottleneck (default 2 s)",
+    )
+    p.add_argument(
+        "--hold", type=float, default=60.0, help="seconds the first end waits for the other one (default 60)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no line per finished stream")
+
+    p = actions.add_parser(
         "serve",
         help="serve many encode, decode and room streams at once, batched (docs/protocol.md)",
         description="A WebSocket server: /encode (pcm in, tokens out), /decode?levels=L (tokens in, pcm "
@@ -140,7 +175,7 @@ def register(command: Command) -> None:
 
 
 def _missing_subcommand(args: argparse.Namespace) -> int:
-    raise CliError("choose 'stream send', 'stream receive' or 'stream serve'")
+    raise CliError("choose 'stream send', 'stream receive', 'stream relay' or 'stream serve'")
 
 
 # -- serve --------------------------------------------------------------------------------------------------------
@@ -191,6 +226,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     run_server(codec, host, port, limits, args.mode, allow_remote=args.allow_remote, on_ready=ready)
     return 0
+
+
+# -- relay --------------------------------------------------------------------------------------------------------
+def cmd_relay(args: argparse.Namespace) -> int:
+    from ..stream import BandwidthSchedule
+    from ..stream.relay import StreamRelay
+
+    host, port = _parse_listen(args.listen)
+    try:
+        schedule = None if args.schedule is None else BandwidthSchedule.parse(args.schedule)
+        relay = StreamRelay(
+            schedule=schedule,
+            loss=args.loss,
+            seed=args.seed,
+            delay=args.delay,
+            max_queue_delay=args.max_queue_delay,
+            hold=args.hold,
+            host=host,
+            port=port,
+            allow_remote=args.allow_remote,
+            on_session_end=None if args.quiet else _print_relay_session,
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    shaping = f"loss {args.loss:.0%} (seed {args.seed}), " + (f"bottleneck {schedule}" if schedule else "no bottleneck")
+    asyncio.run(_relay(relay, shaping))
+    return 0
+
+
+async def _relay(relay: Any, shaping: str) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        async with relay:
+            print(
+                f"relaying on {relay.uri}: senders connect to {relay.uri}/send/NAME, receivers to "
+                f"{relay.uri}/receive/NAME; {shaping}; Ctrl-C stops",
+                flush=True,
+            )
+            await stop.wait()
+    except OSError as error:
+        raise CliError(f"cannot listen on {relay.host}:{relay.port}: {error.strerror or error}") from None
+
+
+def _print_relay_session(session: Any) -> None:
+    stats = session.stats
+    dropped = len(stats.dropped_frames) + len(stats.queue_dropped_frames)
+    line = (
+        f"stream {session.name!r}: delivered {stats.delivered_messages} messages ({stats.delivered_bytes} bytes), "
+        f"dropped {dropped} frames ({len(stats.queue_dropped_frames)} at the full queue), "
+        f"{session.upstream_messages} messages back to the sender"
+    )
+    print(line + (f"; ended early: {session.error}" if session.error else ""), flush=True)
 
 
 # -- send ---------------------------------------------------------------------------------------------------------

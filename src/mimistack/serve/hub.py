@@ -28,6 +28,7 @@ import numpy as np
 from ..codec import Codec
 from ..engine.base import CacheMode
 from ..levels import Levels, LevelsError
+from ..mimifile import bits_per_token
 from ..pool import PoolError, PoolFullError, StepResult
 from ..stream.messages import End, Frame, Hello
 from .wire import (
@@ -468,7 +469,7 @@ class StreamHub:
             if listener.ended:
                 continue
             if listener.format == "tokens":
-                frame = Frame(room.frames, codes[: listener.token_levels])
+                frame = Frame(room.frames, codes[: listener.token_levels], bits_per_token(self.codec.codebook_size))
                 listener.put(frame.encode())
             else:
                 assert listener.slot is not None

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"  # = engine.export.site.PAGE_DIR
 DEFAULT_PORT = 8765
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DEFAULT_MAX_AUDIO_SECONDS = 3 * 3600.0
@@ -240,7 +240,7 @@ class ModelService:
         folder = self.onnx_dir()
         with self._export_lock:
             if self._bundles is None:
-                from .site import cached_bundle
+                from ..engine.export.site import cached_bundle
 
                 try:
                     self._bundles = {name: cached_bundle(folder, name) for name in WEB_BUNDLES}

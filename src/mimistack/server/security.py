@@ -19,7 +19,8 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "default-src 'self'",
         "script-src 'self' 'wasm-unsafe-eval'",
         "worker-src 'self'",
-        "connect-src 'self'",
+        # ws:/wss: for progressive streams (a relay, a stream server's rooms); https: for ?model=URL bundles.
+        "connect-src 'self' https: ws: wss:",
         "img-src 'self' data: blob:",
         "media-src 'self' blob:",
         "style-src 'self'",

@@ -11,6 +11,7 @@ import type {
   DecodeResult, EncodeResult, InitOptions, ModelDescription, Progress, Request, Response, StreamDecodeResult,
   StreamStepResult,
 } from './messages';
+import type { FrameDecodeResult, FrameEncodeResult } from './messages';
 
 interface Pending {
   resolve: (value: unknown) => void;
@@ -100,5 +101,21 @@ export class Engine {
     const mask = selection.mask();
     return this.call<StreamDecodeResult>({ kind: 'streamDecode', codes, numFrames: grid.numFrames, mask, framesPerStep },
       [codes.buffer, mask.buffer]);
+  }
+
+  /** Start the encoder-only or decoder-only frame stream of a progressive stream from the zero state. */
+  frameStreamReset(direction: 'encoder' | 'decoder'): Promise<void> {
+    return this.call<void>({ kind: 'frameStreamReset', direction });
+  }
+
+  /** Whole frames through the encoder frame stream; the codes are level-major [numLevels, n]. Takes `pcm`'s buffer. */
+  frameStreamEncode(pcm: Float32Array): Promise<FrameEncodeResult> {
+    return this.call<FrameEncodeResult>({ kind: 'frameStreamEncode', pcm }, [pcm.buffer]);
+  }
+
+  /** Level-major codes [numLevels, n] through the decoder frame stream, frame t with levels 0..levels[t]-1. Takes
+   * the arrays' buffers. */
+  frameStreamDecode(codes: Uint16Array, numFrames: number, levels: Uint8Array): Promise<FrameDecodeResult> {
+    return this.call<FrameDecodeResult>({ kind: 'frameStreamDecode', codes, numFrames, levels }, [codes.buffer, levels.buffer]);
   }
 }

@@ -5,22 +5,20 @@
  * the model's sample rate; `mask` is float32 `[numLevels]` (1 = the level's term is in the latent sum).
  */
 
+import type { WebManifest } from './manifest';
+
 export type ExecutionPreference = 'auto' | 'wasm' | 'webgpu';
 
 export interface InitOptions {
-  /** URL prefix of the exported graphs (manifest.json, encoder.onnx, ...), e.g. "/models/". */
-  modelBase: string;
-  /** URL prefix of onnxruntime-web's .wasm/.mjs files, e.g. "/ort/". */
+  /** Absolute URL of the web bundle's manifest.json; the files it lists are fetched relative to it. */
+  manifestUrl: string;
+  /** That manifest, fetched and checked by the page (`bundles.ts`). */
+  manifest: WebManifest;
+  /** Absolute URL prefix of onnxruntime-web's .wasm/.mjs files (the page's ort/ folder). */
   wasmPaths: string;
   numThreads: number;
   executionProvider: ExecutionPreference;
-  /** Use the streaming graphs when the export has them (false: the batch graphs, no live mode). */
-  streaming: boolean;
-  /** Which exported graphs to run: 'fp32' (exact) or a reduced-precision variant the export wrote. */
-  variant?: Variant;
 }
-
-export type Variant = 'fp32' | 'fp16' | 'int8';
 
 export interface ModelDescription {
   sampleRate: number;
@@ -31,13 +29,19 @@ export interface ModelDescription {
   weightsSha256: string;
   executionProvider: 'wasm' | 'webgpu';
   numThreads: number;
-  /** Whether the streaming graphs were loaded (chunked progress and live mode). */
+  /** Always true with web bundles (their graphs are the streaming ones: chunked progress and live mode). */
   streaming: boolean;
-  /** Bytes downloaded for the graphs. */
+  /** Bytes of the bundle's files, and how many of them came from this browser's cache. */
   bytes: number;
-  /** The graph variant that was loaded. */
-  variant: Variant;
-  manifest: Record<string, unknown>;
+  cachedBytes: number;
+  /** The bundle loaded ("exact", "light") and how its weights are stored ("float32", "float16"). */
+  bundle: string;
+  storage: string;
+  /** Why WebGPU is not used, when it is not (one line), or null. */
+  webgpu: string | null;
+  /** What the user should know about the load (a damaged cached file fetched again, ...). */
+  notes: string[];
+  manifest: WebManifest;
 }
 
 export type Request =
@@ -46,7 +50,8 @@ export type Request =
   | { kind: 'decode'; codes: Uint16Array; numFrames: number; mask: Float32Array; numSamples: number }
   | { kind: 'streamReset' }
   | { kind: 'streamStep'; pcm: Float32Array; mask: Float32Array }
-  | { kind: 'streamDecode'; codes: Uint16Array; numFrames: number; mask: Float32Array; framesPerStep: number };
+  | { kind: 'streamDecode'; codes: Uint16Array; numFrames: number; mask: Float32Array; framesPerStep: number }
+  | FrameStreamRequest;
 
 export interface EncodeResult {
   codes: Uint16Array;
@@ -85,9 +90,33 @@ export interface Progress {
   total?: number;
   fileIndex?: number;
   fileCount?: number;
+  /** Download progress: the bytes come from this browser's cache. */
+  fromCache?: boolean;
+  note?: string;
 }
 
 export type Response =
   | { id: number; ok: true; result: unknown }
   | { id: number; ok: false; error: string }
   | { id: number; progress: Progress };
+
+// -- progressive streams (web/src/progressive/) ---------------------------------------------------------------------
+/** The frame streams of a progressive stream: an encoder-only one (the sender) and a decoder-only one (the receiver),
+ * each carrying its state between calls, apart from live mode's. `levels` is uint8 `[numFrames]`: frame t is decoded
+ * with levels 0..levels[t]-1 (0: none, a silent latent). */
+export type FrameStreamRequest =
+  | { kind: 'frameStreamReset'; direction: 'encoder' | 'decoder' }
+  | { kind: 'frameStreamEncode'; pcm: Float32Array }
+  | { kind: 'frameStreamDecode'; codes: Uint16Array; numFrames: number; levels: Uint8Array };
+
+export interface FrameEncodeResult {
+  /** uint16 level-major [numLevels, numFrames]. */
+  codes: Uint16Array;
+  numFrames: number;
+}
+
+export interface FrameDecodeResult {
+  /** float32 [numFrames * frameSize]. */
+  pcm: Float32Array;
+  milliseconds: number;
+}

@@ -1,22 +1,25 @@
 /**
  * The inference worker: runs Mimi's exported ONNX graphs with onnxruntime-web off the page's main thread.
  *
- * Driven by `engine/client.ts` through the messages in `engine/messages.ts`; loads the graphs that
- * `mimistack.engine.export` writes (served by `mimistack serve` under /models/) and onnxruntime-web's WebAssembly
- * from /ort/ (copied there by the build, never a CDN).
- *
- * Graphs: the streaming encoder (pcm [1,1,N*frameSize] + state_in_i -> codes [1,K,N] + state_out_i) and decoder
- * (latent [1,D,N] + states -> pcm), and embed (codes [1,K,N] + level_mask [K] -> latent [1,D,N]: a level that is
- * off contributes nothing). Streaming from the zero state is batch mode's arithmetic, so files are encoded and
+ * Driven by `engine/client.ts` through the messages in `engine/messages.ts`; loads a web bundle (written by
+ * `mimistack export-web`, or served by `mimistack serve` under /models/<bundle>/): the streaming encoder (pcm
+ * [1,1,N*frameSize] + state_in_i -> codes [1,K,N] + state_out_i, its quantizer tables in codebooks.bin as external
+ * data) and decoder (latent [1,D,N] + states -> pcm); the latent itself is summed here from codebooks.bin
+ * (`latent.ts`: a level that is off contributes nothing). The files come from Cache Storage when a checked copy is
+ * there (`model-cache.ts`). Streaming from the zero state is batch mode's arithmetic, so files are encoded and
  * decoded in chunks through the same graphs (with real progress) and live mode runs them one frame at a time.
- * Exports without streaming graphs fall back to the batch encoder.onnx/decoder.onnx (no live mode).
+ * onnxruntime-web's WebAssembly comes from the page's ort/ folder (copied there by the build, never a CDN).
  */
 
 import type * as Ort from 'onnxruntime-web';
+import { Codebooks } from './latent';
+import type { GraphSpec } from './manifest';
 import type {
   DecodeResult, EncodeResult, InitOptions, ModelDescription, Progress, Request, Response, StreamDecodeResult,
   StreamStepResult,
 } from './messages';
+import type { FrameDecodeResult, FrameEncodeResult, FrameStreamRequest } from './messages';
+import { type ModelFile, modelFile, openModelCache, pruneStale } from './model-cache';
 
 type OrtModule = typeof Ort;
 type Feeds = Record<string, Ort.Tensor>;
@@ -27,6 +30,8 @@ interface Graph {
   input: string;
   output: string;
   initial: Feeds;
+  /** state_in name -> the output that carries its next value. */
+  stateOutputs: Record<string, string>;
 }
 
 interface Loaded {
@@ -34,8 +39,9 @@ interface Loaded {
   description: ModelDescription;
   encoder: Graph;
   decoder: Graph;
-  embed: Ort.InferenceSession;
-  /** True when encoder/decoder are the streaming graphs (state carried between calls). */
+  /** The centroids and projections the latent is summed from. */
+  codebooks: Codebooks;
+  /** True when encoder/decoder are the streaming graphs (state carried between calls): always, with bundles. */
   stateful: boolean;
   live: { encoder: Feeds; decoder: Feeds } | null;
 }
@@ -55,23 +61,6 @@ scope.onmessage = (event) => {
   const { id, request } = event.data;
   queue = queue.then(() => handle(id, request));
 };
-
-/** The export folder's manifest, checked against docs/onnx.md: format, version and the sizes the page needs. */
-const ONNX_FORMAT = 'mimistack-onnx';
-const ONNX_FORMAT_VERSION = 1;
-function checkManifest(raw: Record<string, unknown>): Record<string, unknown> {
-  if (raw.format !== ONNX_FORMAT) {
-    throw new Error(`manifest.json is not a mimistack ONNX export (format ${JSON.stringify(raw.format)})`);
-  }
-  if (raw.format_version !== ONNX_FORMAT_VERSION) {
-    throw new Error(`this page reads ONNX export format version ${ONNX_FORMAT_VERSION}, the manifest says ` +
-      `${JSON.stringify(raw.format_version)}: re-export with this mimistack version`);
-  }
-  const missing = ['config', 'sample_rate', 'frame_size', 'num_levels', 'codebook_size', 'weights_sha256', 'files']
-    .filter((key) => raw[key] === undefined);
-  if (missing.length) throw new Error(`manifest.json lacks ${missing.join(', ')}; re-export the model`);
-  return raw;
-}
 
 async function handle(id: number, request: Request): Promise<void> {
   const progress = (value: Progress) => scope.postMessage({ id, progress: value });
@@ -111,45 +100,36 @@ async function dispatch(request: Request, progress: (p: Progress) => void): Prom
       const result = await streamDecode(loaded, request.codes, request.numFrames, request.mask, request.framesPerStep);
       return [result, [result.pcm.buffer]];
     }
+    case 'frameStreamReset':
+    case 'frameStreamEncode':
+    case 'frameStreamDecode':
+      return frameStream(loaded, request);
   }
 }
 
 // -- loading ----------------------------------------------------------------------------------------------------
 type Adapter = { info?: { isFallbackAdapter?: boolean; architecture?: string } };
 
-/** A hardware WebGPU adapter (a software fallback such as SwiftShader is slower than WebAssembly). */
-async function webgpuAvailable(allowSoftware: boolean): Promise<boolean> {
+/** Why WebGPU cannot be used here (one line), or null when a hardware adapter (or, if allowed, a software one) is
+ * there. A software fallback such as SwiftShader is slower than WebAssembly. */
+async function webgpuProblem(allowSoftware: boolean): Promise<string | null> {
   const gpu = (navigator as Navigator & { gpu?: { requestAdapter(): Promise<Adapter | null> } }).gpu;
-  if (!gpu) return false;
+  if (!gpu) return 'no WebGPU in this browser';
   try {
     const adapter = await gpu.requestAdapter();
-    if (!adapter) return false;
+    if (!adapter) return 'WebGPU found no graphics adapter';
     const software = adapter.info?.isFallbackAdapter === true || /swiftshader/i.test(adapter.info?.architecture ?? '');
-    return allowSoftware || !software;
-  } catch {
-    return false;
+    return software && !allowSoftware ? 'WebGPU has only a software adapter here (slower than WebAssembly)' : null;
+  } catch (error) {
+    return `WebGPU failed (${(error as Error).message})`;
   }
-}
-
-interface StateSpec {
-  name: string;
-  output?: string;
-  shape: (number | string)[];
-  dtype: string;
-}
-
-interface StreamSpec {
-  input: string;
-  output: string;
-  states: StateSpec[];
 }
 
 async function load(options: InitOptions, progress: (p: Progress) => void): Promise<Loaded> {
-  const gpuPresent = options.executionProvider !== 'wasm' && (await webgpuAvailable(options.executionProvider === 'webgpu'));
-  if (options.executionProvider === 'webgpu' && !gpuPresent) {
-    throw new Error('WebGPU was requested but this browser has no WebGPU adapter; use ?ep=wasm');
-  }
-  const useWebgpu = gpuPresent;
+  const manifest = options.manifest;
+  const webgpu = options.executionProvider === 'wasm' ? null : await webgpuProblem(options.executionProvider === 'webgpu');
+  if (options.executionProvider === 'webgpu' && webgpu) throw new Error(`WebGPU was requested but ${webgpu}; use ?ep=wasm`);
+  const useWebgpu = options.executionProvider !== 'wasm' && webgpu === null;
   // Two builds of onnxruntime-web: the WebGPU one is larger, so the plain WebAssembly one is used without a GPU.
   const ort: OrtModule = useWebgpu ? await import('onnxruntime-web/webgpu') : await import('onnxruntime-web/wasm');
   ort.env.wasm.wasmPaths = options.wasmPaths;
@@ -157,44 +137,53 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
   ort.env.wasm.proxy = false;
   ort.env.logLevel = 'error';
 
-  const manifest = checkManifest(await fetchJson(`${options.modelBase}manifest.json`));
-  const streams = (manifest.streams ?? {}) as Record<string, StreamSpec>;
-  const stateful = options.streaming && !!streams.encoder_stream && !!streams.decoder_stream;
-  const variant = options.variant ?? 'fp32';
-  const named = (graph: string) => (variant === 'fp32' ? `${graph}.onnx` : `${graph}.${variant}.onnx`);
-  const files = stateful
-    ? [named('encoder_stream'), named('decoder_stream'), 'embed.onnx']
-    : [named('encoder'), named('decoder'), 'embed.onnx'];
-  const listed = (manifest.files ?? {}) as Record<string, unknown>;
-  const absent = files.filter((file) => !(file in listed));
-  if (absent.length) {
-    throw new Error(`this export has no ${variant} graphs (${absent.join(', ')}); export them with ` +
-      `\`mimistack export-onnx --${variant}\` and serve that folder with --onnx`);
-  }
+  const { encoder: encoderSpec, decoder: decoderSpec } = manifest.graphs;
+  const names = [...new Set([encoderSpec.file, decoderSpec.file, manifest.codebooks.file,
+    ...(encoderSpec.external_data ?? []), ...(decoderSpec.external_data ?? [])])];
+  const files: ModelFile[] = names.map((name) => ({ name, url: new URL(name, options.manifestUrl).href, ...manifest.files[name] }));
+  const total = files.reduce((sum, file) => sum + file.bytes, 0);
+  const cache = await openModelCache();
+  const notes: string[] = cache ? [] : ['this browser offers no cache here, so the models download on every visit'];
   const buffers: Record<string, Uint8Array> = {};
-  let bytes = 0;
-  for (const [index, file] of files.entries()) {
-    buffers[file] = await fetchBytes(`${options.modelBase}${file}`, (loaded, total) =>
-      progress({ stage: 'download', file, loaded, total, fileIndex: index, fileCount: files.length }));
-    bytes += buffers[file].length;
+  let done = 0;
+  let cachedBytes = 0;
+  for (const [fileIndex, file] of files.entries()) {
+    let fromCache = false;
+    buffers[file.name] = await modelFile(cache, file, (loaded, cached) => {
+      fromCache = cached;
+      progress({ stage: 'download', file: file.name, loaded: done + loaded, total, fileIndex, fileCount: files.length, fromCache: cached });
+    }, (note) => {
+      notes.push(note);
+      progress({ stage: 'download', file: file.name, loaded: done, total, fileIndex, fileCount: files.length, note });
+    });
+    done += file.bytes;
+    if (fromCache) cachedBytes += file.bytes;
   }
+  if (cache) await pruneStale(cache, files).catch(() => 0);
+
   progress({ stage: 'prepare' });
-  const open = (name: string) => ort.InferenceSession.create(buffers[name], {
+  const open = (spec: GraphSpec) => ort.InferenceSession.create(buffers[spec.file], {
     executionProviders: [useWebgpu ? 'webgpu' : 'wasm'],
     graphOptimizationLevel: 'all',
     logSeverityLevel: 3, // errors only: "some nodes run on the CPU" is expected with WebGPU (shape ops, int64)
+    externalData: (spec.external_data ?? []).map((path) => ({ path, data: buffers[path] })),
+  }).catch((error: Error) => {
+    throw new Error(`onnxruntime-web could not open ${spec.file}: ${error.message}`);
   });
-  const graph = async (file: string, input: string, output: string, spec?: StreamSpec): Promise<Graph> => {
-    const session = await open(file);
+  const graph = async (spec: GraphSpec): Promise<Graph> => {
     const initial: Feeds = {};
-    for (const state of spec?.states ?? []) {
+    for (const state of spec.states) {
       initial[state.name] = zeros(ort, state.dtype, state.shape.map((d) => (typeof d === 'number' ? d : 1)));
     }
-    return { session, input: spec?.input ?? input, output: spec?.output ?? output, initial };
+    const stateOutputs = Object.fromEntries(spec.states.map((state) => [state.name, state.output]));
+    return { session: await open(spec), input: spec.input, output: spec.output, initial, stateOutputs };
   };
-  const encoder = await graph(files[0], 'pcm', 'codes', stateful ? streams.encoder_stream : undefined);
-  const decoder = await graph(files[1], 'latent', 'pcm', stateful ? streams.decoder_stream : undefined);
-  const embed = await open('embed.onnx');
+  const encoder = await graph(encoderSpec);
+  const decoder = await graph(decoderSpec);
+  const codebooks = Codebooks.parse(buffers[manifest.codebooks.file], manifest.codebooks, {
+    numLevels: manifest.num_levels, numSemantic: manifest.num_semantic, codebookSize: manifest.codebook_size,
+    codebookDim: manifest.codebook_dim, dimension: manifest.dimension,
+  });
   const frameSize = Number(manifest.frame_size);
   const sampleRate = Number(manifest.sample_rate);
   const description: ModelDescription = {
@@ -206,52 +195,16 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
     weightsSha256: String(manifest.weights_sha256),
     executionProvider: useWebgpu ? 'webgpu' : 'wasm',
     numThreads: useWebgpu ? 1 : ort.env.wasm.numThreads ?? options.numThreads,
-    streaming: stateful,
-    bytes,
-    variant,
+    streaming: true,
+    bytes: total,
+    cachedBytes,
+    bundle: String(manifest.bundle),
+    storage: String(manifest.storage),
+    webgpu,
+    notes,
     manifest,
   };
-  return { ort, description, encoder, decoder, embed, stateful, live: null };
-}
-
-async function fetchJson(url: string): Promise<Record<string, unknown>> {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`${url}: ${response.status} ${await errorText(response)}`);
-  return response.json();
-}
-
-async function errorText(response: globalThis.Response): Promise<string> {
-  const text = await response.text();
-  try {
-    return JSON.parse(text).error ?? text;
-  } catch {
-    return text.slice(0, 300);
-  }
-}
-
-async function fetchBytes(url: string, onProgress: (loaded: number, total: number) => void): Promise<Uint8Array> {
-  const response = await fetch(url);
-  if (!response.ok || !response.body) throw new Error(`${url}: ${response.status} ${await errorText(response)}`);
-  const total = Number(response.headers.get('content-length') ?? 0);
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let loaded = 0;
-  let lastReport = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.length;
-    if (loaded - lastReport > 1 << 20) {
-      onProgress(loaded, total);
-      lastReport = loaded;
-    }
-  }
-  onProgress(loaded, total || loaded);
-  const out = new Uint8Array(loaded);
-  let offset = 0;
-  for (const chunk of chunks) out.set(chunk, offset), (offset += chunk.length);
-  return out;
+  return { ort, description, encoder, decoder, codebooks, stateful: true, live: null };
 }
 
 function zeros(ort: OrtModule, dtype: string, shape: number[]): Ort.Tensor {
@@ -271,17 +224,11 @@ async function run(graph: Graph, value: Ort.Tensor, state: Feeds): Promise<[Ort.
   const outputs = await graph.session.run({ [graph.input]: value, ...state });
   const next: Feeds = {};
   for (const name of Object.keys(state)) {
-    const produced = outputs[name.replace('state_in', 'state_out')];
-    if (!produced) throw new Error(`streaming graph returned no ${name.replace('state_in', 'state_out')}`);
+    const produced = outputs[graph.stateOutputs[name]];
+    if (!produced) throw new Error(`streaming graph returned no ${graph.stateOutputs[name]}`);
     next[name] = produced;
   }
   return [outputs[graph.output], next];
-}
-
-function codesTensor(ort: OrtModule, codes: Uint16Array, numLevels: number, numFrames: number): Ort.Tensor {
-  const data = new BigInt64Array(codes.length);
-  for (let i = 0; i < codes.length; i++) data[i] = BigInt(codes[i]);
-  return new ort.Tensor('int64', data, [1, numLevels, numFrames]);
 }
 
 function toUint16(tensor: Ort.Tensor): Uint16Array {
@@ -320,13 +267,10 @@ async function encode(loaded: Loaded, pcm: Float32Array, progress: (p: Progress)
   return { codes, numFrames, milliseconds: performance.now() - started };
 }
 
+/** The decoder's input for level-major codes [K, n] with the levels `mask` keeps (float32 [1, D, n]). */
 async function latent(loaded: Loaded, codes: Uint16Array, numFrames: number, mask: Float32Array): Promise<Ort.Tensor> {
-  const { ort, description: d } = loaded;
-  const outputs = await loaded.embed.run({
-    codes: codesTensor(ort, codes, d.numLevels, numFrames),
-    level_mask: new ort.Tensor('float32', mask, [d.numLevels]),
-  });
-  return outputs.latent ?? outputs[loaded.embed.outputNames[0]];
+  const { ort, codebooks } = loaded;
+  return new ort.Tensor('float32', codebooks.latent(codes, numFrames, mask), [1, codebooks.dimension, numFrames]);
 }
 
 async function decode(loaded: Loaded, codes: Uint16Array, numFrames: number, mask: Float32Array, numSamples: number,
@@ -389,4 +333,51 @@ async function streamDecode(loaded: Loaded, codes: Uint16Array, numFrames: numbe
     stepMilliseconds.push(performance.now() - started);
   }
   return { pcm, framesPerStep: step, stepMilliseconds };
+}
+
+// -- progressive streams ---------------------------------------------------------------------------------------------
+/** The frame streams of progressive streaming (`progressive/`): their states, apart from live mode's. */
+const frameStreams: { encoder: Feeds | null; decoder: Feeds | null } = { encoder: null, decoder: null };
+
+async function frameStream(loaded: Loaded, request: FrameStreamRequest): Promise<[unknown, Transferable[]]> {
+  const { ort, description: d } = loaded;
+  if (request.kind === 'frameStreamReset') {
+    frameStreams[request.direction] = { ...loaded[request.direction].initial };
+    return [null, []];
+  }
+  const direction = request.kind === 'frameStreamEncode' ? 'encoder' : 'decoder';
+  const state = frameStreams[direction];
+  if (!state) throw new Error(`the ${direction} frame stream was not started (frameStreamReset)`);
+  if (request.kind === 'frameStreamEncode') {
+    const numFrames = request.pcm.length / d.frameSize;
+    if (!Number.isInteger(numFrames) || numFrames < 1) {
+      throw new Error(`the encoder takes whole ${d.frameSize}-sample frames, got ${request.pcm.length} samples`);
+    }
+    const [codes, next] = await run(loaded.encoder, new ort.Tensor('float32', request.pcm, [1, 1, request.pcm.length]), state);
+    frameStreams.encoder = next;
+    const result: FrameEncodeResult = { codes: toUint16(codes), numFrames };
+    return [result, [result.codes.buffer]];
+  }
+  const { codes, numFrames, levels } = request;
+  const started = performance.now();
+  // Each run of frames with the same level count gets its latent; side by side they go through one decoder call.
+  let z: Float32Array | null = null;
+  let dimension = 0;
+  for (let start = 0; start < numFrames;) {
+    let end = start + 1;
+    while (end < numFrames && levels[end] === levels[start]) end++;
+    const count = end - start;
+    const mask = new Float32Array(d.numLevels).fill(1, 0, levels[start]);
+    const part = await latent(loaded, columns(codes, d.numLevels, numFrames, start, count), count, mask);
+    const data = part.data as Float32Array;
+    dimension = data.length / count;
+    z ??= new Float32Array(dimension * numFrames);
+    for (let j = 0; j < dimension; j++) z.set(data.subarray(j * count, (j + 1) * count), j * numFrames + start);
+    start = end;
+  }
+  if (!z) throw new Error('the decoder takes at least one frame');
+  const [out, next] = await run(loaded.decoder, new ort.Tensor('float32', z, [1, dimension, numFrames]), state);
+  frameStreams.decoder = next;
+  const result: FrameDecodeResult = { pcm: (out.data as Float32Array).slice(), milliseconds: performance.now() - started };
+  return [result, [result.pcm.buffer]];
 }

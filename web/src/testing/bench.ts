@@ -50,7 +50,7 @@ export async function bench(options: BenchOptions = {}): Promise<Record<string, 
   }
   const result: Record<string, unknown> = {
     seconds, repeats, levels: selection.toString(), executionProvider: model.executionProvider, numThreads: model.numThreads,
-    variant: model.variant,
+    bundle: model.bundle,
     crossOriginIsolated: globalThis.crossOriginIsolated === true,
     encodeMs: median(encodeMs), decodeMs: median(decodeMs),
     encodeRealtime: seconds / (median(encodeMs) / 1000), decodeRealtime: seconds / (median(decodeMs) / 1000),

@@ -3,8 +3,10 @@
  * the benchmark (bench/bench_web.py). Loaded by `app.ts` only for `?test` or `?bench` pages, as its own chunk.
  */
 
-import { bytesToBase64 } from '../grid';
+import { readyEngine } from '../browser-engine';
+import { base64ToBytes, bytesToBase64, type TokenGrid } from '../grid';
 import { LevelSelection } from '../levels';
+import { progressiveResults } from '../progressive/results';
 import { store } from '../state';
 import { setSelection } from '../ui/levels';
 import type { bench as benchFunction } from './bench';
@@ -49,6 +51,29 @@ function makeHooks(bench?: typeof benchFunction) {
       };
     },
     setSelection: (text: string) => setSelection(LevelSelection.parse(text, store.get().selection.numLevels), true),
+    /** The progressive panel's last reception and transmission (null before its first use); with `arrays`, the
+     * received tokens (uint16 frame-major) and pcm (float32), and the codes sent (uint16 level-major), as base64. */
+    progressive: (arrays = false) => progressiveResults.snapshot?.(arrays) ?? null,
+    /** The in-browser engine on arrays, for `mimistack parity`'s browser implementation: float32 pcm in, uint16
+     * level-major codes out; codes of the first `levels` levels in, float32 pcm out (base64 little-endian). */
+    encodePcm: async (pcm: string) => {
+      const bytes = base64ToBytes(pcm);
+      const { grid } = await (await readyEngine()).encode(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length >> 2));
+      return { codes: bytesToBase64(new Uint8Array(grid.codes.buffer, grid.codes.byteOffset, grid.codes.byteLength)), numFrames: grid.numFrames };
+    },
+    decodeCodes: async (codes: string, numFrames: number, levels: number) => {
+      const engine = await readyEngine();
+      const model = engine.description!;
+      const given = new Uint16Array(base64ToBytes(codes).slice().buffer);
+      const grid: TokenGrid = {
+        codes: new Uint16Array(model.numLevels * numFrames), numLevels: model.numLevels, numFrames,
+        numSamples: numFrames * model.frameSize, sampleRate: model.sampleRate, frameRate: model.frameRate,
+        codebookSize: model.codebookSize, weightsSha256: model.weightsSha256, levelsPresent: [...Array(levels).keys()],
+      };
+      grid.codes.set(given.subarray(0, levels * numFrames));
+      const selection = LevelSelection.parse(levels === 1 ? '0' : `0-${levels - 1}`, model.numLevels);
+      return float32Base64((await engine.decode(grid, selection)).pcm);
+    },
     /** Only on `?bench` pages (`testing/bench.ts`). */
     bench,
   };

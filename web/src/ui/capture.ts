@@ -12,7 +12,7 @@ import { Capture, type LiveFrame } from '../live';
 import { type CaptureKind, emptyLive, LIVE_WINDOW_FRAMES, newTake, sampleRate, store } from '../state';
 import { decodeTake, encodeTake, installTake } from '../takes';
 import { $, formatTime } from './dom';
-import { busy, guard, showError } from './feedback';
+import { busy, guard, notice, showError } from './feedback';
 import { renderTake } from './take';
 import { decodedView, originalView, player, stack } from './views';
 
@@ -42,11 +42,15 @@ async function toggleCapture(kind: CaptureKind): Promise<void> {
 
 function onLiveFrame(frame: LiveFrame): void {
   const { live, capture, captureKind, info } = store.get();
+  if (frame.lagging) notice(frame.lagging);
   const s = live.stats;
   s.frames += 1;
   s.encodeMilliseconds = frame.encodeMilliseconds;
   s.decodeMilliseconds = frame.decodeMilliseconds;
   s.backlog = frame.backlog;
+  s.busyMilliseconds += frame.encodeMilliseconds + frame.decodeMilliseconds;
+  s.backlogSum += frame.backlog;
+  s.maxBacklog = Math.max(s.maxBacklog, frame.backlog);
   const seconds = capture?.seconds ?? 0;
   if (frame.codes) live.columns.push(frame.codes);
   for (const [list, value] of [[live.input, frame.input], [live.output, frame.output]] as const) {

@@ -185,6 +185,23 @@ def read_bundle_latent_tables(folder: Path, manifest: dict[str, Any]) -> Codeboo
     )
 
 
+def _weights_fields(source: object) -> dict[str, Any]:
+    """`weights_source` without the local path (a published site must not carry the exporter's folders) and
+    `random_weights` (from the note `write_random_checkpoint` leaves in the file, when the file is still there)."""
+    from ...weights import NOTE_METADATA_KEY, RANDOM_NOTE, read_metadata
+
+    text = str(source or "")
+    path = Path(text)
+    is_random = path.name.startswith("random-") and path.suffix == ".safetensors"
+    if path.is_file():
+        try:
+            is_random = RANDOM_NOTE in read_metadata(path).get(NOTE_METADATA_KEY, "")
+        except Exception:  # an unreadable header: keep the name's guess
+            pass
+    local = path.is_absolute() or path.exists() or text.endswith(".safetensors")
+    return {"weights_source": path.name if local else text, "random_weights": is_random}
+
+
 def _snr_db(estimate: np.ndarray, reference: np.ndarray) -> float | None:
     """Signal-to-error ratio in dB, rounded to 0.01; None when the two are identical (JSON has no infinity)."""
     noise = float(np.sum((estimate.astype(np.float64) - reference) ** 2))
@@ -321,7 +338,7 @@ def export_web_bundle(
             "compute": "float32",
             "mimistack_version": __version__,
             "weights_sha256": source_manifest["weights_sha256"],
-            "weights_source": source_manifest.get("weights_source"),
+            **_weights_fields(source_manifest.get("weights_source")),
             "config": source_manifest["config"],
             "sample_rate": config.sample_rate,
             "frame_size": config.frame_size,

@@ -1,9 +1,8 @@
 """The page's model bundles and the static site: what `mimistack serve` serves under `/models/` and what
 `mimistack export-web` writes.
 
-Sits on `engine.export.web` (`export_web_bundle`, the bundle format of `docs/web.md`), `engine.onnx_cache` (the
-export folder of a checkpoint, exported on first use) and `_files` (whole folders published by rename); used by
-`server.app` and `cli.onnx`.
+Part of `engine.export`: sits on `web` (`export_web_bundle`, the bundle format of `docs/web.md`) and `_files` (whole
+folders published by rename); used by `server.app`, `cli.onnx` and the browser implementation of `parity`.
 
 A site folder is the built page (`server/static`, from `npm run build --prefix web`) plus `models/bundles.json` and
 one folder per bundle under `models/`. Any static file server serves it; the page learns from `bundles.json`'s
@@ -23,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from .._files import cache_dir, publish_dir, staging_dir
-from ..errors import MimistackError
+from ..._files import cache_dir, publish_dir, staging_dir
+from ..._version import __version__
+from ...errors import MimistackError
+from .web import BUNDLES_NAME, bundles_index, export_web_bundle, read_web_manifest
 
-BUNDLES_NAME = "bundles.json"
+PAGE_DIR = Path(__file__).resolve().parents[2] / "server" / "static"
+"""Where the page's build lands (`npm run build --prefix web`), served by `mimistack serve` and copied into sites."""
 SITE_MODELS = "models"
 _locks: dict[Path, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -53,30 +55,23 @@ def _lock(path: Path) -> threading.Lock:
 def cached_bundle(onnx_dir: Path, bundle: str) -> tuple[Path, dict[str, Any]]:
     """The `bundle` of an export folder in the cache (`<cache>/web/<weights sha256>/<bundle>`), made on first use
     (seconds: no tracing, the export's graphs are rewritten); returns its folder and manifest."""
-    from ..engine.export.web import export_web_bundle, read_web_manifest
-    from ..engine.onnx_format import read_manifest
+    from ..onnx_format import read_manifest
 
     sha = read_manifest(onnx_dir)["weights_sha256"]
     folder = cache_dir() / "web" / str(sha) / bundle
     with _lock(folder):
         if (folder / "manifest.json").is_file():
             manifest = read_web_manifest(folder)
-            if manifest.get("mimistack_version") == _version() and manifest.get("bundle") == bundle:
+            if manifest.get("mimistack_version") == __version__ and manifest.get("bundle") == bundle:
                 return folder, manifest
         folder.parent.mkdir(parents=True, exist_ok=True)
         return folder, export_web_bundle(onnx_dir, folder, bundle, force=True)
 
 
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
-
-
 def write_site(
     onnx_dir: Path,
     out_dir: str | os.PathLike[str],
-    static_dir: Path,
+    static_dir: Path = PAGE_DIR,
     *,
     bundles: Sequence[str] = ("exact", "light"),
     default: str = "exact",
@@ -86,8 +81,6 @@ def write_site(
     """Write a static site into `out_dir`: the built page from `static_dir` and the `bundles` of the export folder
     `onnx_dir` under `models/` (an existing non-empty folder is replaced only with `force`, and only if it is an
     earlier site). `audio`: mono float32 at the model's rate to measure the light bundle on."""
-    from ..engine.export.web import bundles_index, export_web_bundle
-
     target = Path(out_dir)
     if not (static_dir / "index.html").is_file() or not (static_dir / "ort").is_dir():
         raise SiteError(
