@@ -254,3 +254,29 @@ def test_the_site_stays_on_its_server(
     assert result["cspViolations"] == []
     assert result["pageErrors"] == []
     assert not [m for m in result["console"] if m["type"] == "error"], result["console"]
+
+
+def test_webgpu_on_the_software_adapter_matches_webassembly(
+    served: tuple[str, Path], speech: list[Path], tmp_path: Path
+) -> None:
+    """?ep=webgpu on the adapter headless Chromium offers here (SwiftShader, a CPU implementation of WebGPU: slow, so
+    a 1.6 s clip) against ?ep=wasm on the same page: the same codes and audio within DECODE_TOLERANCE. Speed on
+    this adapter says nothing about a GPU; BENCHMARKS.md records it as SwiftShader's."""
+    import soundfile
+
+    url, _ = served
+    audio = load_audio(next(p for p in speech if p.name == SPEECH_FILE))[: 20 * 1920]
+    clip = tmp_path / "short.wav"
+    soundfile.write(clip, audio, 24000, subtype="FLOAT")
+    command = ["node", str(DRIVER), "--webgpu", "--url", url, "--out", str(tmp_path), "--file", str(clip)]
+    completed = subprocess.run([*command, "--chromium", str(CHROMIUM), "--timeout", "300"], capture_output=True,
+                               text=True, timeout=900)  # fmt: skip
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert completed.returncode == 0 and not result.get("failure"), result.get("failure")
+    assert "webgpu" in result["phases"]["webgpu"]["engine"].lower(), result["phases"]["webgpu"]["engine"]
+    wasm = np.fromfile(tmp_path / "wasm_codes.u16", dtype="<u2")
+    gpu = np.fromfile(tmp_path / "webgpu_codes.u16", dtype="<u2")
+    assert wasm.size == 32 * 20 and float((gpu == wasm).mean()) >= 0.99
+    for selection in ("0-31", "0-7"):
+        a, b = (floats(tmp_path / f"{ep}_decoded_{selection}.f32") for ep in ("wasm", "webgpu"))
+        assert a.shape == b.shape and float(np.abs(a - b).max()) <= DECODE_TOLERANCE, selection
