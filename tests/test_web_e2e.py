@@ -42,6 +42,7 @@ import pytest
 from mimistack.audio import load_audio
 from mimistack.container import grid_from_bytes, grid_to_bytes
 from mimistack.tokens import TokenGrid
+from near_ties import assert_near_ties_only
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "e2e" / "drive.mjs"
@@ -300,8 +301,9 @@ def test_live_stream_from_the_microphone(server: str, speech: list[Path], tiny_c
     assert np.abs(captured).max() > 0.05  # the fake microphone delivered the speech, not silence
     codes = np.fromfile(out / "codes.u16", dtype="<u2").reshape(tiny_codec.num_levels, -1)
     assert codes.shape[1] == -(-len(captured) // tiny_codec.frame_size)
-    # Streaming frame by frame in the browser computes what batch encoding computes in Python.
-    assert (codes == tiny_codec.encode(captured).codes).mean() >= CODE_AGREEMENT
+    # Streaming frame by frame in the browser computes what batch encoding computes in Python: every difference
+    # starts at a near-tie (the captured audio differs from run to run, and so do its near-ties).
+    assert_near_ties_only(tiny_codec, captured, codes, tiny_codec.encode(captured).codes)
     check_decodes(out, result, codes, len(captured), tiny_codec)
 
     # Then a plain recording, encoded and decoded afterwards like a file.

@@ -24,12 +24,9 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,12 +54,11 @@ from mimistack.stream import (
     send_stream,
 )
 from mimistack.stream.relay import RelaySession, StreamRelay
+from test_web_e2e import CHROMIUM, _missing, _serve
 from ts_harness import TSC, TSC_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "e2e" / "progressive.mjs"
-CHROMIUM = Path(os.environ.get("MIMISTACK_CHROMIUM", "/usr/bin/chromium"))
-STATIC = REPO / "src" / "mimistack" / "server" / "static"
 SPEECH_FILE = "flite_awb.wav"  # 6.8 s
 SCHEDULE = "0:1000,2.4:4400,4.8:600"
 """With the tiny codec's 6-bit tokens: 6 levels in messages of 2 frames, then all 32 levels, then level 0 alone in
@@ -77,15 +73,7 @@ PyTorch, each frame through the streaming decoder; observed about 2e-7)."""
 @pytest.fixture(scope="module")
 def browser() -> None:
     """Skips (fails under CI) without Chromium, node or the built page."""
-    missing = []
-    if not CHROMIUM.exists():
-        missing.append(f"{CHROMIUM} (apt-get install chromium)")
-    if shutil.which("node") is None:
-        missing.append("node")
-    if not (REPO / "web" / "node_modules" / "playwright-core").is_dir():
-        missing.append("web/node_modules (npm ci --prefix web)")
-    if not (STATIC / "index.html").is_file():
-        missing.append("the built page (npm run build --prefix web)")
+    missing = _missing()
     if missing:
         message = "browser tests need " + ", ".join(missing)
         if os.environ.get("CI"):
@@ -93,42 +81,10 @@ def browser() -> None:
         pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tiny_onnx_dir: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mimistack serve` with the tiny checkpoint on 127.0.0.1 (its bundles come from the session's export)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mimistack.cli", "serve", "--weights", str(tiny_checkpoint), "--port", str(port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}api/info", timeout=5):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mimistack serve did not start:\n{log.read_text()}") from None
-                time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    yield from _serve(tiny_checkpoint, tmp_path_factory)
 
 
 class LoopThread:

@@ -9,16 +9,11 @@
 // The page exposes `window.mimistack` (state, dump, setSelection) only with ?test in its URL, and
 // `window.mimistack.bench` only with ?bench: every page opened here carries them (pageUrl). The roundtrip first
 // opens the plain page once and records that it has no `window.mimistack` and loaded no testing chunk.
-import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { writeFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser } from './browser.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const webDir = process.env.MIMISTACK_WEB_DIR ?? resolve(here, '../../web');
-const { chromium } = createRequire(join(webDir, 'package.json'))('playwright-core');
 
 const { values: args } = parseArgs({
   options: {
@@ -197,49 +192,14 @@ async function bench(page) {
     { seconds: Number(args.seconds), repeats: Number(args.repeats) });
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'mimistack-chromium-'));
-const flags = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`,
-  '--autoplay-policy=no-user-gesture-required'];
-if (args.webgpu) {
-  flags.splice(flags.indexOf('--disable-gpu'), 1);
-  flags.push('--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader',
-    '--use-angle=swiftshader', '--disable-vulkan-surface');
-}
+const flags = [...BASE_FLAGS, ...(args.webgpu ? WEBGPU_FLAGS : ['--disable-gpu'])];
 if (args.scenario === 'live') {
   flags.push('--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${args.file}`);
 }
-// launchPersistentContext owns --user-data-dir; playwright-core needs the flag through its own option instead.
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: args.chromium, headless: true, acceptDownloads: true,
-  args: flags.filter((flag) => !flag.startsWith('--user-data-dir') && flag !== '--headless'),
-  viewport: { width: 1360, height: 900 },
-});
-let exitCode = 0;
-try {
-  context.on('request', (request) => result.requests.push({ url: request.url(), method: request.method(), type: request.resourceType() }));
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', (message) => result.console.push({ type: message.type(), text: message.text() }));
-  page.on('pageerror', (error) => result.pageErrors.push(String(error)));
-  await page.addInitScript(() => {
-    window.__cspViolations = [];
-    document.addEventListener('securitypolicyviolation', (event) => window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`));
-  });
-  if (args.scenario === 'roundtrip') await roundtrip(page, 'browser');
-  else if (args.scenario === 'server') await roundtrip(page, 'server');
-  else if (args.scenario === 'live') await live(page);
-  else if (args.scenario === 'bench') await bench(page);
-  else throw new Error(`unknown scenario ${args.scenario}`);
-  result.cspViolations = await page.evaluate(() => window.__cspViolations);
+const scenarios = { roundtrip: (page) => roundtrip(page, 'browser'), server: (page) => roundtrip(page, 'server'), live, bench };
+await runInBrowser({ chromium: args.chromium, flags, out, result, acceptDownloads: true }, async (page) => {
+  const scenario = scenarios[args.scenario];
+  if (!scenario) throw new Error(`unknown scenario ${args.scenario}`);
+  await scenario(page);
   result.crossOriginIsolated = await page.evaluate(() => globalThis.crossOriginIsolated);
-} catch (error) {
-  result.failure = String(error?.stack ?? error);
-  exitCode = 1;
-  const page = context.pages()[0];
-  if (page) await page.screenshot({ path: join(out, 'failure.png'), fullPage: true }).catch(() => {});
-} finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-  writeFileSync(join(out, 'result.json'), JSON.stringify(result, null, 1));
-}
-process.exit(exitCode);
+});

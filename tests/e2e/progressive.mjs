@@ -7,16 +7,11 @@
 //   receive  the page receives ws://RELAY/receive/NAME (someone else sends to /send/NAME), or --receive-url, until
 //            the stream ends;
 //   loop     the page opens --file, receives /receive/NAME and sends the file to /send/NAME at --rate: both ends.
-import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { BASE_FLAGS, runInBrowser } from './browser.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const webDir = process.env.MIMISTACK_WEB_DIR ?? resolve(here, '../../web');
-const { chromium } = createRequire(join(webDir, 'package.json'))('playwright-core');
 
 const { values: args } = parseArgs({
   options: {
@@ -112,33 +107,5 @@ async function scenario(page) {
   result.state = await page.evaluate(() => window.mimistack.state());
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'mimistack-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: args.chromium, headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
-  viewport: { width: 1360, height: 1000 },
-});
-let exitCode = 0;
-try {
-  context.on('request', (request) => result.requests.push({ url: request.url(), method: request.method() }));
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', (message) => result.console.push({ type: message.type(), text: message.text() }));
-  page.on('pageerror', (error) => result.pageErrors.push(String(error)));
-  await page.addInitScript(() => {
-    window.__cspViolations = [];
-    document.addEventListener('securitypolicyviolation', (event) => window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`));
-  });
-  await scenario(page);
-  result.cspViolations = await page.evaluate(() => window.__cspViolations);
-} catch (error) {
-  result.failure = String(error?.stack ?? error);
-  exitCode = 1;
-  const page = context.pages()[0];
-  if (page) await page.screenshot({ path: join(out, 'failure.png'), fullPage: true }).catch(() => {});
-} finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-  writeFileSync(join(out, 'result.json'), JSON.stringify(result, null, 1));
-}
-process.exit(exitCode);
+await runInBrowser({ chromium: args.chromium, flags: [...BASE_FLAGS, '--disable-gpu'], out, result,
+  viewport: { width: 1360, height: 1000 } }, scenario);

@@ -18,16 +18,11 @@
 // its codes, audio and timings next to WebAssembly's. With --bench (bench/bench_web.py) it times instead: cold and
 // warm loads of each of --bundles, the page's encode/decode benchmark for each bundle and --threads count, and live
 // duplex (a fake microphone playing --file) with --live-threads threads for --live-seconds.
-import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser } from './browser.mjs';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const webDir = process.env.MIMISTACK_WEB_DIR ?? resolve(here, '../../web');
-const { chromium } = createRequire(join(webDir, 'package.json'))('playwright-core');
 
 const { values: args } = parseArgs({
   options: {
@@ -218,39 +213,9 @@ async function bench(page) {
   }
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'mimistack-chromium-'));
-const flags = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'];
-flags.push(...(args.webgpu
-  ? ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader', '--use-webgpu-adapter=swiftshader',
-    '--use-angle=swiftshader', '--disable-vulkan-surface']
-  : ['--disable-gpu']));
+const flags = [...BASE_FLAGS, ...(args.webgpu ? WEBGPU_FLAGS : ['--disable-gpu'])];
 if (args.bench) {
   flags.push('--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', `--use-file-for-fake-audio-capture=${args.file}`);
 }
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: args.chromium, headless: true, args: flags, viewport: { width: 1360, height: 900 },
-});
-let exitCode = 0;
-try {
-  context.on('request', (request) => result.requests.push({ url: request.url(), method: request.method() }));
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.on('console', (message) => result.console.push({ type: message.type(), text: message.text() }));
-  page.on('pageerror', (error) => result.pageErrors.push(String(error)));
-  result.cspViolations = [];
-  await page.exposeFunction('__cspViolation', (text) => result.cspViolations.push(text));
-  await page.addInitScript(() => {
-    document.addEventListener('securitypolicyviolation', (event) => window.__cspViolation(`${event.violatedDirective} ${event.blockedURI}`));
-  });
-  await (args.bench ? bench(page) : args.webgpu ? webgpu(page) : run(page));
-} catch (error) {
-  result.failure = String(error?.stack ?? error);
-  exitCode = 1;
-  const page = context.pages()[0];
-  if (page) await page.screenshot({ path: join(out, 'failure.png'), fullPage: true }).catch(() => {});
-} finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
-  writeFileSync(join(out, 'result.json'), JSON.stringify(result, null, 1));
-}
-process.exit(exitCode);
+await runInBrowser({ chromium: args.chromium, flags, out, result },
+  (page) => (args.bench ? bench(page) : args.webgpu ? webgpu(page) : run(page)));

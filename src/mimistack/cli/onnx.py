@@ -16,6 +16,16 @@ from .common import RANDOM_WARNING, CliError
 from .table import Command
 
 
+def _weights(name: str) -> Any:
+    """--weights as export_onnx takes it: the random checkpoints' cached files (with the warning), else as given."""
+    if name not in ("random", "random-tiny"):
+        return name
+    from ..codec import random_weights_path
+
+    print(RANDOM_WARNING, file=sys.stderr)
+    return random_weights_path(name)
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     target = Path(args.output)
     if not target.parent.exists():
@@ -26,12 +36,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         raise CliError(f"{target} exists and is not empty; pass --force to replace it")
     from ..engine.export import ExportDependencyError, export_onnx
 
-    weights: Any = args.weights
-    if weights in ("random", "random-tiny"):
-        from ..codec import random_weights_path
-
-        print(RANDOM_WARNING, file=sys.stderr)
-        weights = random_weights_path(weights)
+    weights = _weights(args.weights)
     variants = ["fp32"] + (["fp16"] if args.fp16 else []) + (["int8"] if args.int8 else [])
     modes = ["window"] + (["moshi"] if args.moshi_stream else [])
     if not args.quiet:
@@ -123,12 +128,7 @@ def _export_folder(args: argparse.Namespace) -> Path:
         return folder
     from ..engine.onnx_cache import load_onnx_engine
 
-    weights: Any = args.weights
-    if weights in ("random", "random-tiny"):
-        from ..codec import random_weights_path
-
-        print(RANDOM_WARNING, file=sys.stderr)
-        weights = random_weights_path(weights)
+    weights = _weights(args.weights)
     return load_onnx_engine(weights=weights, revision=args.revision).onnx_dir
 
 

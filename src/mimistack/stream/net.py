@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
@@ -61,6 +61,32 @@ async def serve(handler: Callable[[ServerConnection], Awaitable[None]], host: st
     from websockets.asyncio.server import serve as websockets_serve
 
     return await websockets_serve(handler, host, port, max_size=MAX_MESSAGE_BYTES, compression=None)
+
+
+class Listening:
+    """A WebSocket endpoint as an async context manager (`async with X(...) as x:`): it listens on `host`:`port`
+    (port 0 picks a free one, read back on entry) and hands every connection to `_handle`."""
+
+    host: str
+    port: int
+    _server: Server | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"ws://{uri_host(self.host)}:{self.port}"
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._server = await serve(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
 
 async def connect(uri: str, open_timeout: float | None = 10.0) -> ClientConnection:

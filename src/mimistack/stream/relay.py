@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .messages import FRAME_HEADER_BYTES, Hello
-from .net import check_listen_host, connection_closed, require_websockets, send_error, serve, uri_host
+from .net import Listening, check_listen_host, connection_closed, send_error
 from .protocol import ErrorCode, MessageKind, ProtocolError
 from .rate import BandwidthSchedule
 from .simulate import RelayStats, SimulatedLink
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import Server, ServerConnection
+    from websockets.asyncio.server import ServerConnection
     from websockets.typing import Data
 
 _PATH = re.compile(r"^/(send|receive)/([A-Za-z0-9._-]{1,64})$")
@@ -68,7 +68,7 @@ class _Channel:
         self.ends = 0
 
 
-class StreamRelay:
+class StreamRelay(Listening):
     """A WebSocket relay on 127.0.0.1 (unless `allow_remote`) that senders and receivers both connect to.
 
     A sender connects to `/send/NAME` and speaks the protocol as to a receiver; one receiver connects to
@@ -119,23 +119,7 @@ class StreamRelay:
         self.on_session_end = on_session_end
         self.channels: dict[str, _Channel] = {}
         self.sessions: list[RelaySession] = []
-        self._server: Server | None = None
         self._changed = asyncio.Condition()
-
-    @property
-    def uri(self) -> str:
-        return f"ws://{uri_host(self.host)}:{self.port}"
-
-    async def __aenter__(self) -> StreamRelay:
-        require_websockets()
-        self._server = await serve(self._connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
     async def wait_receiver(self, name: str, timeout: float | None = None) -> None:
         """Return once a receiver is connected to /receive/`name` (for tests: start the sender after it)."""
@@ -164,7 +148,7 @@ class StreamRelay:
             self._changed.notify_all()
 
     # -- connections ----------------------------------------------------------------------------------------------
-    async def _connection(self, connection: ServerConnection) -> None:
+    async def _handle(self, connection: ServerConnection) -> None:
         request = connection.request
         path = urlsplit(request.path if request else "/").path
         origin = request.headers.get("Origin") if request else None

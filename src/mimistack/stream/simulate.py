@@ -18,14 +18,14 @@ import time
 from typing import TYPE_CHECKING
 
 from .messages import FRAME_HEADER_BYTES, Hello
-from .net import check_listen_host, connect, connection_closed, require_websockets, serve, uri_host
+from .net import Listening, check_listen_host, connect, connection_closed
 from .protocol import MessageKind, ProtocolError, StreamError
 from .rate import BandwidthSchedule
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
     from websockets.asyncio.connection import Connection
-    from websockets.asyncio.server import Server, ServerConnection
+    from websockets.asyncio.server import ServerConnection
     from websockets.typing import Data
 
 
@@ -72,7 +72,7 @@ class RelayStats:
     delivered_bytes: int = 0
 
 
-class LossyRelay:
+class LossyRelay(Listening):
     """A WebSocket relay on 127.0.0.1 between a sender and a receiver: the loopback network simulator.
 
     Downstream (sender -> receiver) every FRAME message is dropped with probability `loss` (a seeded
@@ -109,24 +109,8 @@ class LossyRelay:
         self.host, self.port = host, port
         self.random = random.Random(seed)
         self.stats = RelayStats()
-        self._server: Server | None = None
 
-    @property
-    def uri(self) -> str:
-        return f"ws://{uri_host(self.host)}:{self.port}"
-
-    async def __aenter__(self) -> LossyRelay:
-        require_websockets()
-        self._server = await serve(self._session, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _session(self, incoming: ServerConnection) -> None:
+    async def _handle(self, incoming: ServerConnection) -> None:
         closed = connection_closed()
         async with await connect(self.target_uri) as outgoing:
             queue: asyncio.Queue[tuple[float, Data] | None] = asyncio.Queue()

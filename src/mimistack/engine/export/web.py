@@ -20,7 +20,6 @@ The written contract (manifest fields, `codebooks.bin` layout, `bundles.json`) i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -37,6 +36,7 @@ from ...levels import CodebookTables, latent_from_codes
 from ..onnx_format import CODEBOOKS_NAME, StateSpec, check_files, load_codebooks, read_manifest
 from .checks import _check_signal, _run_stream, _session
 from .common import VARIANT_SIGNAL_SECONDS, ExportError
+from .writer import _file_entry
 
 WEB_FORMAT = "mimistack-web"
 WEB_FORMAT_VERSION = 1
@@ -50,14 +50,6 @@ FP16_MIN_ELEMENTS = 256
 """Float tensors smaller than this stay float32 in the light bundle (biases, scales: a few kB in all)."""
 _TABLE_PREFIX = "quantizer/level_"
 _ALIGN = 64
-
-
-def _digest(path: Path) -> dict[str, Any]:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return {"sha256": sha.hexdigest(), "bytes": path.stat().st_size}
 
 
 def _table_index(name: str) -> int | None:
@@ -329,7 +321,7 @@ def export_web_bundle(
                 "states": stream["states"],
                 "external_data": [CODEBOOKS_FILE] if direction == "encoder" else [],
             }
-        files = {name: _digest(staging / name) for name in (*GRAPH_FILES.values(), CODEBOOKS_FILE)}
+        files = {name: _file_entry(staging / name) for name in (*GRAPH_FILES.values(), CODEBOOKS_FILE)}
         manifest: dict[str, Any] = {
             "format": WEB_FORMAT,
             "format_version": WEB_FORMAT_VERSION,
