@@ -8,7 +8,6 @@ test skips, except under CI (CI=true), where a missing piece is a failure.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,12 @@ from mimistack.analysis.browser import missing_pieces
 from mimistack.analysis.parity import IMPLEMENTATIONS, run_parity
 from mimistack.audio import load_audio
 from speech_data import speech_file
+from test_web_e2e import require_present
 
 
 @pytest.fixture(autouse=True)
 def _browser_available() -> None:
-    missing = missing_pieces()
-    if missing:
-        message = "the browser implementation needs " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_present(missing_pieces(), "the browser implementation")
 
 
 def test_browser_engine_agrees_with_torch(tmp_path: Path, tiny_checkpoint: Path, tiny_onnx_dir: Path) -> None:

@@ -42,6 +42,7 @@ from mimistack.stream import (
 from mimistack.stream.net import connect
 from mimistack.stream.relay import StreamRelay
 from mimistack.testing import synthetic_signal
+from test_stream import _hello as hello_for
 
 FRAME = 1920
 
@@ -52,13 +53,8 @@ def codec() -> Codec:
 
 
 def _hello(codec: Codec) -> Hello:
-    return Hello(
-        num_levels=codec.num_levels,
-        max_levels=codec.num_levels,
-        sample_rate=codec.sample_rate,
-        frame_size=codec.frame_size,
-        codebook_size=codec.codebook_size,
-        weights_sha256=codec.weights_sha256,
+    return hello_for(
+        codec,
         stream_start_us=round(time.time() * 1e6),
     )
 

@@ -68,14 +68,18 @@ def _missing() -> list[str]:
     return missing
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _browser_available() -> None:
-    missing = _missing()
+def require_present(missing: list[str], what: str) -> None:
+    """Skip when something the browser tests need is missing, naming it; under CI (CI=true) fail instead."""
     if missing:
-        message = "browser tests need " + ", ".join(missing)
+        message = f"{what} need " + ", ".join(missing)
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _browser_available() -> None:
+    require_present(_missing(), "browser tests")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,8 @@ from mimistack.stream import (
     send_stream,
 )
 from mimistack.stream.relay import RelaySession, StreamRelay
-from test_web_e2e import CHROMIUM, _missing, _serve
+from test_stream import _hello as hello_for
+from test_web_e2e import CHROMIUM, _missing, _serve, require_present
 from ts_harness import TSC, TSC_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,12 +74,7 @@ PyTorch, each frame through the streaming decoder; observed about 2e-7)."""
 @pytest.fixture(scope="module")
 def browser() -> None:
     """Skips (fails under CI) without Chromium, node or the built page."""
-    missing = _missing()
-    if missing:
-        message = "browser tests need " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_present(_missing(), "browser tests")
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +204,8 @@ def _python_reception(
     where nothing is ever late; frame `first` (where a room listener joined) counts as frame 0."""
     audio: list[np.ndarray] = []
     session = ReceiverSession(codec, on_audio=audio.append, max_delay=1e6)
-    hello = Hello(
-        num_levels=codec.num_levels,
-        max_levels=codec.num_levels,
-        sample_rate=codec.sample_rate,
-        frame_size=codec.frame_size,
-        codebook_size=codec.codebook_size,
-        weights_sha256=codec.weights_sha256,
+    hello = hello_for(
+        codec,
         stream_start_us=0,
         num_samples=num_samples,
     )
@@ -391,13 +382,8 @@ def _events(codec: Codec, seed: int, *, end: bool = True, frames: int = 60) -> l
     """A stream as it reaches a receiver: messages of 1-3 frames with 1-32 levels (a plan change now and then), some
     lost, the link stalling now and then (everything after waits: WebSocket keeps order), ticks every 50 ms."""
     rng = np.random.default_rng(seed)
-    hello = Hello(
-        num_levels=codec.num_levels,
-        max_levels=codec.num_levels,
-        sample_rate=codec.sample_rate,
-        frame_size=codec.frame_size,
-        codebook_size=codec.codebook_size,
-        weights_sha256=codec.weights_sha256,
+    hello = hello_for(
+        codec,
         stream_start_us=round(START * 1e6),
         num_samples=frames * FRAME - 700,
     )

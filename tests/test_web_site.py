@@ -37,7 +37,7 @@ import pytest
 from mimistack.audio import load_audio
 from mimistack.tokens import TokenGrid
 from near_ties import assert_codes_match
-from test_web_e2e import CHROMIUM, DECODE_TOLERANCE, REPO, SPEECH_FILE, _free_port, _missing, floats
+from test_web_e2e import CHROMIUM, DECODE_TOLERANCE, REPO, SPEECH_FILE, _free_port, _missing, floats, require_present
 
 DRIVER = REPO / "tests" / "e2e" / "site.mjs"
 MODEL_FILES = ("encoder_stream.onnx", "decoder_stream.onnx", "codebooks.bin")
@@ -50,12 +50,7 @@ most (measured about 90 dB on the tiny model)."""
 
 @pytest.fixture(scope="module", autouse=True)
 def _browser_available() -> None:
-    missing = _missing()
-    if missing:
-        message = "browser tests need " + ", ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_present(_missing(), "browser tests")
 
 
 @pytest.fixture(scope="module")

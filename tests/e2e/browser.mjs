@@ -22,6 +22,20 @@ export const BASE_FLAGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '
 export const WEBGPU_FLAGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
   '--use-webgpu-adapter=swiftshader', '--use-angle=swiftshader', '--disable-vulkan-surface'];
 
+/** A `waitFor(page, predicate, argument, what)` that waits up to `timeout` ms and, when it gives up, says what it
+ * waited for and the page's state (window.mimistack's, plus the progressive card's with `progressive`). */
+export function waiter(timeout, { progressive = false } = {}) {
+  return async (page, predicate, argument, what) => {
+    try {
+      await page.waitForFunction(predicate, argument, { timeout, polling: 100 });
+    } catch {
+      const state = await page.evaluate((p) => (p ? { page: window.mimistack?.state(), progressive: window.mimistack?.progressive() }
+        : window.mimistack?.state()), progressive).catch(() => null);
+      throw new Error(`timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
+    }
+  };
+}
+
 export async function runInBrowser(options, scenario) {
   const { out, result } = options;
   Object.assign(result, { requests: result.requests ?? [], console: [], pageErrors: [], cspViolations: [] });

@@ -12,7 +12,7 @@
 import { writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser } from './browser.mjs';
+import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser, waiter } from './browser.mjs';
 
 
 const { values: args } = parseArgs({
@@ -45,14 +45,7 @@ function save(name, base64) {
   if (base64) writeFileSync(join(out, name), Buffer.from(base64, 'base64'));
 }
 
-async function waitFor(page, predicate, argument, what) {
-  try {
-    await page.waitForFunction(predicate, argument, { timeout, polling: 100 });
-  } catch (error) {
-    const state = await page.evaluate(() => window.mimistack?.state()).catch(() => null);
-    throw new Error(`timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
-  }
-}
+const waitFor = waiter(timeout);
 
 async function waitIdle(page, selection) {
   await waitFor(page, (wanted) => {

@@ -10,7 +10,7 @@
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BASE_FLAGS, runInBrowser } from './browser.mjs';
+import { BASE_FLAGS, runInBrowser, waiter } from './browser.mjs';
 
 
 const { values: args } = parseArgs({
@@ -31,15 +31,7 @@ function save(name, base64) {
   if (base64) writeFileSync(join(out, name), Buffer.from(base64, 'base64'));
 }
 
-async function waitFor(page, predicate, argument, what) {
-  try {
-    await page.waitForFunction(predicate, argument, { timeout, polling: 100 });
-  } catch {
-    const state = await page.evaluate(() => ({ page: window.mimistack?.state(), progressive: window.mimistack?.progressive() }))
-      .catch(() => null);
-    throw new Error(`timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
-  }
-}
+const waitFor = waiter(timeout, { progressive: true });
 
 async function engineReady(page) {
   await page.goto(testUrl);

@@ -21,7 +21,7 @@
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser } from './browser.mjs';
+import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser, waiter } from './browser.mjs';
 
 
 const { values: args } = parseArgs({
@@ -53,14 +53,7 @@ async function announce(phase) {
   await fetch(`${args.url}?phase=${phase}`).then((r) => r.arrayBuffer());
 }
 
-async function waitFor(page, predicate, argument, what) {
-  try {
-    await page.waitForFunction(predicate, argument, { timeout, polling: 100 });
-  } catch {
-    const state = await page.evaluate(() => window.mimistack?.state()).catch(() => null);
-    throw new Error(`timed out waiting for ${what}; page state: ${JSON.stringify(state)}`);
-  }
-}
+const waitFor = waiter(timeout);
 
 /** What the page shows about its models and engine, and its state once the engine is up. */
 async function engineReady(page) {
