@@ -36,6 +36,17 @@ export function waiter(timeout, { progressive = false } = {}) {
   };
 }
 
+/** Wait until the page's in-browser engine is up (or failed: then throw what the page says); its state. */
+export async function engineState(page, waitFor) {
+  await waitFor(page, () => {
+    const s = window.mimistack?.state();
+    return s && (s.executionProvider !== null || s.engineError !== null || s.error !== null);
+  }, null, 'the in-browser engine');
+  const state = await page.evaluate(() => window.mimistack.state());
+  if (state.engineError || state.error) throw new Error(`the engine did not start: ${state.engineError ?? state.error}`);
+  return state;
+}
+
 export async function runInBrowser(options, scenario) {
   const { out, result } = options;
   Object.assign(result, { requests: result.requests ?? [], console: [], pageErrors: [], cspViolations: [] });

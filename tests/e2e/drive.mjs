@@ -12,16 +12,15 @@
 import { writeFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser, waiter } from './browser.mjs';
+import { BASE_FLAGS, WEBGPU_FLAGS, engineState, runInBrowser, waiter } from './browser.mjs';
 
 
 const { values: args } = parseArgs({
   options: {
     url: { type: 'string' }, out: { type: 'string' }, scenario: { type: 'string', default: 'roundtrip' },
     file: { type: 'string' }, threads: { type: 'string' }, seconds: { type: 'string', default: '10' },
-    // The web bundle the page loads (?bundle=): exact or light; default the models index's. --variant is the old
-    // name (fp32 only: the light bundle replaced the fp16/int8 graph variants).
-    bundle: { type: 'string', default: '' }, variant: { type: 'string', default: 'fp32' },
+    // The web bundle the page loads (?bundle=): exact or light; default the models index's.
+    bundle: { type: 'string', default: '' },
     repeats: { type: 'string', default: '3' }, 'live-seconds': { type: 'string', default: '3' },
     timeout: { type: 'string', default: '240' }, chromium: { type: 'string', default: '/usr/bin/chromium' },
     // Try the WebGPU execution provider on Chromium's software adapter (SwiftShader): a manual check, not CI.
@@ -72,12 +71,7 @@ async function step(page, name, selection) {
 }
 
 async function engineReady(page) {
-  await waitFor(page, () => {
-    const s = window.mimistack?.state();
-    return s && (s.executionProvider !== null || s.engineError !== null || s.error !== null);
-  }, null, 'the in-browser engine');
-  const state = await page.evaluate(() => window.mimistack.state());
-  if (state.engineError || state.error) throw new Error(`the engine did not start: ${state.engineError ?? state.error}`);
+  const state = await engineState(page, waitFor);
   return state;
 }
 
@@ -173,7 +167,6 @@ async function live(page) {
 }
 
 async function bench(page) {
-  if (args.variant !== 'fp32') throw new Error(`--variant ${args.variant}: the graph variants are gone; use --bundle light`);
   const bundle = args.bundle ? `&bundle=${args.bundle}` : '';
   await page.goto(pageUrl(`?threads=${args.threads ?? 1}&ep=wasm${bundle}`, 'test', 'bench'));
   result.engine = await engineReady(page);

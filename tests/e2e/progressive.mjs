@@ -10,7 +10,7 @@
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BASE_FLAGS, runInBrowser, waiter } from './browser.mjs';
+import { BASE_FLAGS, engineState, runInBrowser, waiter } from './browser.mjs';
 
 
 const { values: args } = parseArgs({
@@ -35,12 +35,7 @@ const waitFor = waiter(timeout, { progressive: true });
 
 async function engineReady(page) {
   await page.goto(testUrl);
-  await waitFor(page, () => {
-    const s = window.mimistack?.state();
-    return s && (s.executionProvider !== null || s.engineError !== null || s.error !== null);
-  }, null, 'the in-browser engine');
-  const state = await page.evaluate(() => window.mimistack.state());
-  if (state.engineError || state.error) throw new Error(`the engine did not start: ${state.engineError ?? state.error}`);
+  const state = await engineState(page, waitFor);
   return state;
 }
 

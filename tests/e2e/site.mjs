@@ -21,7 +21,7 @@
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { BASE_FLAGS, WEBGPU_FLAGS, runInBrowser, waiter } from './browser.mjs';
+import { BASE_FLAGS, WEBGPU_FLAGS, engineState, runInBrowser, waiter } from './browser.mjs';
 
 
 const { values: args } = parseArgs({
@@ -57,12 +57,7 @@ const waitFor = waiter(timeout);
 
 /** What the page shows about its models and engine, and its state once the engine is up. */
 async function engineReady(page) {
-  await waitFor(page, () => {
-    const s = window.mimistack?.state();
-    return s && (s.executionProvider !== null || s.engineError !== null || s.error !== null);
-  }, null, 'the in-browser engine');
-  const state = await page.evaluate(() => window.mimistack.state());
-  if (state.engineError || state.error) throw new Error(`the engine did not start: ${state.engineError ?? state.error}`);
+  const state = await engineState(page, waitFor);
   return {
     state,
     ...(await page.evaluate(() => ({

@@ -47,13 +47,6 @@ export async function serverInfo(): Promise<ServerInfo> {
   return response.json();
 }
 
-/** Whether the ONNX graphs the page runs are ready on the server (exported on first use of new weights). */
-export async function serverModels(): Promise<{ ready: boolean; error: string | null; exporting: boolean }> {
-  const response = await fetch('/api/models');
-  if (!response.ok) throw await failure(response, 'asking for the ONNX graphs');
-  return response.json();
-}
-
 export async function serverEncode(bytes: Uint8Array, name: string): Promise<{ grid: TokenGrid; seconds: number }> {
   const response = await fetch(`/api/encode?name=${encodeURIComponent(name)}`, {
     method: 'POST', body: bytes as Uint8Array<ArrayBuffer>, headers: { 'content-type': 'application/octet-stream' },

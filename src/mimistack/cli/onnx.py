@@ -132,6 +132,15 @@ def _export_folder(args: argparse.Namespace) -> Path:
     return load_onnx_engine(weights=weights, revision=args.revision).onnx_dir
 
 
+def _add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        default="kyutai/mimi",
+        help="local .safetensors file, hub id (default kyutai/mimi), or 'random' / 'random-tiny'",
+    )
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+
+
 def register(command: Command) -> None:
     p = command(
         "export-onnx",
@@ -139,12 +148,7 @@ def register(command: Command) -> None:
         "export ONNX graphs (batch, streaming, level embedding, transformers.js) of a checkpoint",
         model=False,
     )
-    p.add_argument(
-        "--weights",
-        default="kyutai/mimi",
-        help="local .safetensors file, hub id (default kyutai/mimi), or 'random' / 'random-tiny'",
-    )
-    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    _add_weights(p)
     p.add_argument("-o", "--output", required=True, help="folder to write (created)")
     p.add_argument("--fp16", action="store_true", help="also write fp16 graphs (error vs fp32 in the manifest)")
     p.add_argument(
@@ -167,12 +171,7 @@ def register(command: Command) -> None:
         "write the browser page with its model bundles as a static site (any static file server serves it)",
         model=False,
     )
-    p.add_argument(
-        "--weights",
-        default="kyutai/mimi",
-        help="local .safetensors file, hub id (default kyutai/mimi), or 'random' / 'random-tiny'",
-    )
-    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    _add_weights(p)
     p.add_argument("--onnx", dest="onnx_dir", default=None, help="make the bundles from this export-onnx folder")
     p.add_argument("-o", "--output", required=True, help="site folder to write (created)")
     p.add_argument(
