@@ -26,6 +26,7 @@ from mimistack.engine.export.common import ExportError
 from mimistack.engine.export.site import SiteError, write_site
 from mimistack.engine.export.web import (
     export_web_bundle,
+    export_web_bundles,
     read_bundle_latent_tables,
     read_web_manifest,
 )
@@ -36,7 +37,9 @@ from mimistack.levels import latent_from_codes
 @pytest.fixture(scope="module")
 def bundles(tiny_onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {name: (export_web_bundle(tiny_onnx_dir, root / name, name), root / name)[1] for name in ("exact", "light")}
+    folders = {name: root / name for name in ("exact", "light")}
+    export_web_bundles(tiny_onnx_dir, dict(folders))
+    return folders
 
 
 def _initializers(path: Path) -> dict[str, Any]:

@@ -240,10 +240,10 @@ class ModelService:
         folder = self.onnx_dir()
         with self._export_lock:
             if self._bundles is None:
-                from ..engine.export.site import cached_bundle
+                from ..engine.export.site import cached_bundles
 
                 try:
-                    self._bundles = {name: cached_bundle(folder, name) for name in WEB_BUNDLES}
+                    self._bundles = cached_bundles(folder, WEB_BUNDLES)
                 except Exception as error:
                     self._export_error = f"cannot make the page's model bundles: {type(error).__name__}: {error}"
                     raise ApiError(503, self._export_error) from error

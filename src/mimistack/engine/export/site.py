@@ -1,7 +1,7 @@
 """The page's model bundles and the static site: what `mimistack serve` serves under `/models/` and what
 `mimistack export-web` writes.
 
-Part of `engine.export`: sits on `web` (`export_web_bundle`, the bundle format of `docs/web.md`) and `_files` (whole
+Part of `engine.export`: sits on `web` (`export_web_bundles`, the bundle format of `docs/web.md`) and `_files` (whole
 folders published by rename); used by `server.app`, `cli.onnx` and the browser implementation of `parity`.
 
 A site folder is the built page (`server/static`, from `npm run build --prefix web`) plus `models/bundles.json` and
@@ -25,7 +25,7 @@ import numpy as np
 from ..._files import cache_dir, publish_dir, staging_dir
 from ..._version import __version__
 from ...errors import MimistackError
-from .web import BUNDLES_NAME, bundles_index, export_web_bundle, read_web_manifest
+from .web import BUNDLES_NAME, bundles_index, export_web_bundles, read_web_manifest
 
 PAGE_DIR = Path(__file__).resolve().parents[2] / "server" / "static"
 """Where the page's build lands (`npm run build --prefix web`), served by `mimistack serve` and copied into sites."""
@@ -52,20 +52,27 @@ def _lock(path: Path) -> threading.Lock:
         return _locks.setdefault(path, threading.Lock())
 
 
-def cached_bundle(onnx_dir: Path, bundle: str) -> tuple[Path, dict[str, Any]]:
-    """The `bundle` of an export folder in the cache (`<cache>/web/<weights sha256>/<bundle>`), made on first use
-    (seconds: no tracing, the export's graphs are rewritten); returns its folder and manifest."""
+def cached_bundles(onnx_dir: Path, bundles: Sequence[str]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The `bundles` of an export folder in the cache (`<cache>/web/<weights sha256>/<bundle>`), the missing or
+    outdated ones made on first use, together (seconds: no tracing, the export's graphs are rewritten); returns
+    {bundle: (folder, manifest)}."""
     from ..onnx_format import read_manifest
 
-    sha = read_manifest(onnx_dir)["weights_sha256"]
-    folder = cache_dir() / "web" / str(sha) / bundle
-    with _lock(folder):
-        if (folder / "manifest.json").is_file():
-            manifest = read_web_manifest(folder)
-            if manifest.get("mimistack_version") == __version__ and manifest.get("bundle") == bundle:
-                return folder, manifest
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        return folder, export_web_bundle(onnx_dir, folder, bundle, force=True)
+    root = cache_dir() / "web" / str(read_manifest(onnx_dir)["weights_sha256"])
+    with _lock(root):
+        found: dict[str, tuple[Path, dict[str, Any]]] = {}
+        for name in bundles:
+            folder = root / name
+            if (folder / "manifest.json").is_file():
+                manifest = read_web_manifest(folder)
+                if manifest.get("mimistack_version") == __version__ and manifest.get("bundle") == name:
+                    found[name] = (folder, manifest)
+        missing = {name: root / name for name in bundles if name not in found}
+        if missing:
+            root.mkdir(parents=True, exist_ok=True)
+            made = export_web_bundles(onnx_dir, dict(missing), force=True)
+            found.update({name: (missing[name], manifest) for name, manifest in made.items()})
+        return {name: found[name] for name in bundles}
 
 
 def write_site(
@@ -103,7 +110,7 @@ def write_site(
         shutil.copytree(static_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".gitignore"))
         models = staging / SITE_MODELS
         models.mkdir()
-        manifests = {name: export_web_bundle(onnx_dir, models / name, name, audio=audio) for name in bundles}
+        manifests = export_web_bundles(onnx_dir, {name: models / name for name in bundles}, audio=audio)
         index = bundles_index(manifests, default=default, server=False)
         (models / BUNDLES_NAME).write_text(json.dumps(index, indent=2, allow_nan=False) + "\n")
         (staging / ".nojekyll").write_text("")  # GitHub Pages: serve the folder as it is

@@ -20,6 +20,7 @@ The written contract (manifest fields, `codebooks.bin` layout, `bundles.json`) i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -234,33 +235,62 @@ def _signal(config: MimiConfig, audio: np.ndarray | None) -> tuple[np.ndarray, s
     return pcm[None, None, :], f"given audio, {pcm.size / config.sample_rate:.1f} s"
 
 
-def _measure(
-    source: _Runner,
-    bundle: _Runner,
-    source_tables: CodebookTables,
-    bundle_tables: CodebookTables,
-    config: MimiConfig,
-    audio: np.ndarray | None,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """The export folder a bundle is made from, and its outputs on the measuring signal (computed once for every
+    bundle made from it): they are the exact bundle's outputs."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    config: MimiConfig
+    tables: CodebookTables
+    specs: dict[str, list[StateSpec]]
+    pcm: np.ndarray
+    signal: str
+    codes: np.ndarray
+    latent: np.ndarray
+    audio: np.ndarray
+    audio8: np.ndarray
+
+    @classmethod
+    def read(cls, folder: Path, audio: np.ndarray | None) -> _Source:
+        manifest = read_manifest(folder)
+        check_files(folder, manifest, [*GRAPH_FILES.values(), CODEBOOKS_NAME])
+        config = MimiConfig.from_dict(manifest["config"])
+        tables = load_codebooks(folder / CODEBOOKS_NAME)
+        streams = manifest["streams"]
+        specs = {
+            direction: [StateSpec.from_dict(s) for s in streams[file.removesuffix(".onnx")]["states"]]
+            for direction, file in GRAPH_FILES.items()
+        }
+        runner = _Runner(folder, specs, config)
+        pcm, signal = _signal(config, audio)
+        codes = runner.encode(pcm)
+        latent = latent_from_codes(tables, codes)
+        audio8 = runner.decode(latent_from_codes(tables, codes, _prefix(config)))
+        return cls(folder, manifest, config, tables, specs, pcm, signal, codes, latent, runner.decode(latent), audio8)
+
+
+def _prefix(config: MimiConfig) -> list[int]:
+    return list(range(min(8, config.num_levels)))
+
+
+def _measure(source: _Source, bundle: _Runner, tables: CodebookTables) -> dict[str, Any]:
     """The bundle against the source export (= the exact bundle): codes, the level sum and decoded audio."""
-    pcm, described = _signal(config, audio)
-    codes_ref, codes = source.encode(pcm), bundle.encode(pcm)
-    latent_ref = latent_from_codes(source_tables, codes_ref)
-    audio_ref = source.decode(latent_ref)
-    same_codes = bundle.decode(latent_from_codes(bundle_tables, codes_ref))
-    end_to_end = bundle.decode(latent_from_codes(bundle_tables, codes))
-    prefix = list(range(min(8, config.num_levels)))
-    audio8_ref = source.decode(latent_from_codes(source_tables, codes_ref, prefix))
-    audio8 = bundle.decode(latent_from_codes(bundle_tables, codes_ref, prefix))
+    codes = bundle.encode(source.pcm)
+    latent = latent_from_codes(tables, source.codes)
+    same_codes = bundle.decode(latent)
+    end_to_end = bundle.decode(latent_from_codes(tables, codes))
+    audio8 = bundle.decode(latent_from_codes(tables, source.codes, _prefix(source.config)))
     return {
-        "signal": described,
-        "code_agreement_vs_exact": float((codes == codes_ref).mean()),
-        "level0_agreement_vs_exact": float((codes[:, 0] == codes_ref[:, 0]).mean()),
-        "latent_max_abs_vs_exact": float(np.max(np.abs(latent_from_codes(bundle_tables, codes_ref) - latent_ref))),
-        "decode_snr_db_vs_exact": _snr_db(same_codes, audio_ref),
-        "decode_levels_0_7_snr_db_vs_exact": _snr_db(audio8, audio8_ref),
-        "end_to_end_snr_db_vs_exact": _snr_db(end_to_end, audio_ref),
-        "decode_max_abs_vs_exact": float(np.max(np.abs(same_codes - audio_ref))),
+        "signal": source.signal,
+        "code_agreement_vs_exact": float((codes == source.codes).mean()),
+        "level0_agreement_vs_exact": float((codes[:, 0] == source.codes[:, 0]).mean()),
+        "latent_max_abs_vs_exact": float(np.max(np.abs(latent - source.latent))),
+        "decode_snr_db_vs_exact": _snr_db(same_codes, source.audio),
+        "decode_levels_0_7_snr_db_vs_exact": _snr_db(audio8, source.audio8),
+        "end_to_end_snr_db_vs_exact": _snr_db(end_to_end, source.audio),
+        "decode_max_abs_vs_exact": float(np.max(np.abs(same_codes - source.audio))),
     }
 
 
@@ -273,42 +303,51 @@ def export_web_bundle(
     force: bool = False,
 ) -> dict[str, Any]:
     """Write the `bundle` ("exact" or "light") of the export folder `onnx_dir` into `out_dir` (created whole, or
-    replacing an earlier bundle with `force`); returns its manifest.
+    replacing an earlier bundle with `force`); returns its manifest. See `export_web_bundles`."""
+    return export_web_bundles(onnx_dir, {bundle: out_dir}, audio=audio, force=force)[bundle]
 
-    `audio`: float32 mono at the model's rate to measure the light bundle on (default: a synthetic 4 s signal).
-    The exact bundle must reproduce the export's codes and audio on it bit for bit, or nothing is written.
+
+def export_web_bundles(
+    onnx_dir: str | os.PathLike[str],
+    targets: dict[str, str | os.PathLike[str]],
+    *,
+    audio: np.ndarray | None = None,
+    force: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Write each bundle of `targets` ({"exact" | "light": folder}) of the export folder `onnx_dir`; the export is
+    run once on the measuring signal for all of them. Returns {bundle: manifest}.
+
+    `audio`: float32 mono at the model's rate to measure the bundles on (default: a synthetic 4 s signal). The
+    exact bundle must reproduce the export's codes and audio on it bit for bit, or nothing is written.
     """
+    unknown = [name for name in targets if name not in BUNDLES]
+    if unknown:
+        raise ExportError(f"unknown bundle {unknown[0]!r}; expected one of {', '.join(BUNDLES)}")
+    for out_dir in targets.values():
+        target = Path(out_dir)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            if not force or not (target / "manifest.json").is_file():
+                raise FileExistsError(
+                    f"{target} exists and is not empty"
+                    + ("; pass force=True (--force) to replace it" if not force else ", and it is not a web bundle")
+                )
+    source = _Source.read(Path(onnx_dir), audio)
+    return {name: _write_bundle(source, name, Path(out_dir)) for name, out_dir in targets.items()}
+
+
+def _write_bundle(source: _Source, bundle: str, target: Path) -> dict[str, Any]:
     import onnx
 
-    if bundle not in BUNDLES:
-        raise ExportError(f"unknown bundle {bundle!r}; expected one of {', '.join(BUNDLES)}")
-    source_dir = Path(onnx_dir)
-    source_manifest = read_manifest(source_dir)
-    check_files(source_dir, source_manifest, [*GRAPH_FILES.values(), CODEBOOKS_NAME])
-    target = Path(out_dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not force or not (target / "manifest.json").is_file():
-            raise FileExistsError(
-                f"{target} exists and is not empty"
-                + ("; pass force=True (--force) to replace it" if not force else ", and it is not a web bundle")
-            )
     started = time.perf_counter()
-    config = MimiConfig.from_dict(source_manifest["config"])
-    storage = STORAGE[bundle]
-    source_tables = load_codebooks(source_dir / CODEBOOKS_NAME)
-    streams = source_manifest["streams"]
-    specs = {
-        direction: [StateSpec.from_dict(s) for s in streams[file.removesuffix(".onnx")]["states"]]
-        for direction, file in GRAPH_FILES.items()
-    }
+    config, storage, streams = source.config, STORAGE[bundle], source.manifest["streams"]
     with staging_dir(target) as staging:
         converted = 0
         graphs: dict[str, Any] = {}
         for direction, file in GRAPH_FILES.items():
-            model = onnx.load_model(str(source_dir / file))
+            model = onnx.load_model(str(source.folder / file))
             if direction == "encoder":
                 stacked = _externalise_tables(onnx, model, storage)
-                data, codebooks_entry = _codebooks_file(stacked, source_tables, storage)
+                data, codebooks_entry = _codebooks_file(stacked, source.tables, storage)
                 (staging / CODEBOOKS_FILE).write_bytes(data)
             if bundle == "light":
                 converted += _store_fp16(onnx, model)
@@ -329,29 +368,27 @@ def export_web_bundle(
             "storage": storage,
             "compute": "float32",
             "mimistack_version": __version__,
-            "weights_sha256": source_manifest["weights_sha256"],
-            **_weights_fields(source_manifest.get("weights_source")),
-            "config": source_manifest["config"],
+            "weights_sha256": source.manifest["weights_sha256"],
+            **_weights_fields(source.manifest.get("weights_source")),
+            "config": source.manifest["config"],
             "sample_rate": config.sample_rate,
             "frame_size": config.frame_size,
             "num_levels": config.num_levels,
             "codebook_size": config.codebook_size,
             "dimension": config.dimension,
-            "codebook_dim": int(source_tables.semantic_output_proj.shape[1]),
-            "num_semantic": source_tables.num_semantic,
+            "codebook_dim": int(source.tables.semantic_output_proj.shape[1]),
+            "num_semantic": source.tables.num_semantic,
             "graphs": graphs,
             "codebooks": codebooks_entry,
             "files": files,
             "total_bytes": sum(entry["bytes"] for entry in files.values()),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        bundle_tables = read_bundle_latent_tables(staging, manifest)
         measured = _measure(
-            _Runner(source_dir, specs, config), _Runner(staging, specs, config), source_tables, bundle_tables,
-            config, audio,
-        )  # fmt: skip
+            source, _Runner(staging, source.specs, config), read_bundle_latent_tables(staging, manifest)
+        )
         if bundle == "exact" and (measured["code_agreement_vs_exact"] != 1.0 or measured["decode_max_abs_vs_exact"]):
-            raise ExportError(f"the exact web bundle does not reproduce {source_dir}: {measured}")
+            raise ExportError(f"the exact web bundle does not reproduce {source.folder}: {measured}")
         if bundle == "light":
             measured["tensors_stored_fp16"] = converted
         measured["seconds"] = round(time.perf_counter() - started, 2)
