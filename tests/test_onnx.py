@@ -89,7 +89,14 @@ def test_export_writes_every_graph_with_the_contract_names_and_shapes(onnx_dir: 
         for state in stream["states"]:
             value = inputs[state["name"]]
             assert state["output"] in outputs and state["initial"] == 0
-            assert [d if isinstance(d, int) else "batch" for d in value.shape] == state["shape"], state
+            assert list(value.shape) == state["shape"], state
+        ringed = [state for state in stream["states"] if "ring" in state["shape"]]
+        if stream["mode"] == "window":  # the KV caches: a ring whose size the caller picks, updated in place
+            assert len(ringed) == 2 * manifest["config"]["num_layers"]
+            assert stream["ring"] == {"context": manifest["config"]["context"], "steps_per_frame": 2}
+            assert manifest["variants"]["fp32"]["in_place"][name] == [state["name"] for state in ringed]
+        else:
+            assert not ringed and "ring" not in stream
             assert value.type == {"float32": "tensor(float)", "int64": "tensor(int64)"}[state["dtype"]]
     for name, entry in manifest["files"].items():
         data = (onnx_dir / name).read_bytes()
@@ -319,15 +326,25 @@ def test_weights_without_onnx_dir_use_the_cache_keyed_by_sha256(
 
     def fake_export(weights: object, out_dir: Path, **options: object) -> None:
         calls.append((os.fspath(weights), Path(out_dir), options))  # type: ignore[arg-type]
+        if options.get("force"):
+            shutil.rmtree(out_dir)
         shutil.copytree(onnx_dir, out_dir)
 
     monkeypatch.setattr(export_module, "export_onnx", fake_export)
     first = load_onnx_engine(weights=tiny_checkpoint)
-    assert calls == [(str(tiny_checkpoint), folder, {"transformers_js": False})]
+    assert calls == [(str(tiny_checkpoint), folder, {"transformers_js": False, "force": False})]
     assert first.onnx_dir == folder and first.weights_sha256 == sha256
     second = Codec.load(tiny_checkpoint, engine="onnx")
     assert len(calls) == 1, "the second load must reuse the cached export"
     assert second.weights_sha256 == sha256
+    # An export of an older format (still readable) is made again, once, to get the current graphs.
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 1}))
+    third = load_onnx_engine(weights=tiny_checkpoint)
+    assert calls[1:] == [(str(tiny_checkpoint), folder, {"transformers_js": False, "force": True})]
+    assert json.loads(manifest.read_text())["format_version"] == 2 and third.weights_sha256 == sha256
+    load_onnx_engine(weights=tiny_checkpoint)
+    assert len(calls) == 2
 
 
 def test_onnx_dir_from_other_weights_is_refused(onnx_dir: Path, tmp_path: Path) -> None:

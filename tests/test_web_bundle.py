@@ -25,6 +25,7 @@ import onnx
 from mimistack.engine.export.common import ExportError
 from mimistack.engine.export.site import SiteError, write_site
 from mimistack.engine.export.web import (
+    _page_states,
     export_web_bundle,
     export_web_bundles,
     read_bundle_latent_tables,
@@ -97,7 +98,8 @@ def test_exact_bundle_reproduces_the_export(bundles: dict[str, Path], tiny_onnx_
 
 def _source_graphs(source: dict[str, Any]) -> dict[str, Any]:
     return {
-        direction: {"file": f"{name}.onnx", **source["streams"][name]}
+        # the export's graphs with the page's ring size (the bundle writes it as a number: see `_page_states`)
+        direction: {"file": f"{name}.onnx", **source["streams"][name], "states": _page_states(source["streams"][name])}
         for direction, name in (("encoder", "encoder_stream"), ("decoder", "decoder_stream"))
     }
 

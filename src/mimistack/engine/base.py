@@ -6,7 +6,9 @@ small. `tests/test_engine_contract.py` holds every engine to this contract.
 
 All arrays are numpy. An engine works on whole frames: pcm `[B, 1, N * frame_size]` float32, codes
 `[B, num_levels, N]` int64. State objects are opaque to callers; each call returns the next one and never changes
-the one it was given, so two sessions (or a session and a retry) cannot disturb each other.
+the one it was given, so two sessions (or a session and a retry) cannot disturb each other. The one exception is a
+stream pool's state (made by `pool_state`, `take_rows` or `join_rows`), which belongs to the pool: an engine may
+update it in place and hand it on, after which the state given is spent (the ONNX engine does, for its KV caches).
 
 Required: `encode`, `decode`, `init_encoder_state`, `init_decoder_state` and the attributes `name`, `config`,
 `weights_sha256`, `tables`. Optional capabilities have defaults here, so `Codec` calls them on every engine without

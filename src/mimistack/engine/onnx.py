@@ -43,6 +43,8 @@ from .onnx_format import (
     graph_file,
     load_codebooks,
     read_manifest,
+    ring_frames,
+    ring_slots,
 )
 from .ort_session import (
     DEFAULT_THREADS,
@@ -59,13 +61,26 @@ __all__ = ["OnnxEngine", "OnnxStreamState", "prefer_shared_thread_pool", "shared
 logger = logging.getLogger(__name__)
 
 
+STREAM_RING_FRAMES = 125
+"""Frames per call a single stream's ring KV caches are sized for (`Codec`'s chunk, 10 s); longer calls are split."""
+POOL_RING_FRAMES = 1
+"""Frames per call a pool's rings are sized for: a pool step advances each row by one frame."""
+
+
 @dataclasses.dataclass
 class OnnxStreamState:
-    """The state of one stream graph between calls: `arrays` in the order of the graph's `state_in_i` inputs."""
+    """The state of one stream graph between calls: `arrays` in the order of the graph's `state_in_i` inputs.
+
+    `ring`: the slot count of the graph's ring KV caches (None for graphs without a ring). `owned`: a stream pool's
+    state (`pool_state`, `take_rows`, `join_rows`): a call updates its KV caches in place and returns it in a new
+    object; the object given is then `spent`, and using it again is an error. Other states are never changed."""
 
     graph: str
     batch_size: int
     arrays: list[np.ndarray]
+    ring: int | None = None
+    owned: bool = False
+    spent: bool = False
 
 
 class OnnxEngine(Engine):
@@ -128,6 +143,8 @@ class OnnxEngine(Engine):
         self._states = {
             name: [StateSpec.from_dict(s) for s in spec["states"]] for name, spec in self.manifest["streams"].items()
         }
+        in_place = self.manifest.get("variants", {}).get(variant, {}).get("in_place", {})
+        self._in_place: dict[str, frozenset[str]] = {name: frozenset(in_place.get(name, ())) for name in self._states}
 
     def __repr__(self) -> str:
         return f"OnnxEngine({str(self.onnx_dir)!r}, variant={self.variant!r}, device={self.device!r})"
@@ -171,8 +188,13 @@ class OnnxEngine(Engine):
             )
         return graph
 
-    def _initial(self, graph: str, batch_size: int) -> OnnxStreamState:
-        return OnnxStreamState(graph, batch_size, [spec.zeros(batch_size) for spec in self._states[graph]])
+    def _initial(
+        self, graph: str, batch_size: int, frames: int = STREAM_RING_FRAMES, owned: bool = False
+    ) -> OnnxStreamState:
+        ring = self.manifest["streams"][graph].get("ring")
+        slots = ring_slots(ring, frames) if ring is not None else None
+        arrays = [spec.zeros(batch_size, slots) for spec in self._states[graph]]
+        return OnnxStreamState(graph, batch_size, arrays, slots, owned)
 
     def _run(
         self, graph: str, main: str, output: str, value: np.ndarray, state: OnnxStreamState | None
@@ -186,10 +208,56 @@ class OnnxEngine(Engine):
             )
         elif state.batch_size != batch_size:
             raise EngineError(f"state is for batch size {state.batch_size}, input has {batch_size}")
+        scale = self.config.frame_size if main == "pcm" else 1
+        frames = value.shape[2] // scale
+        ring = self.manifest["streams"][graph].get("ring")
+        limit = ring_frames(ring, state.ring) if ring is not None and state.ring is not None else frames
+        if frames <= limit:
+            return self._call(graph, main, output, value, state)
+        parts = []  # the ring holds `limit` frames' steps beyond the context: longer inputs go in pieces
+        for start in range(0, frames, limit):
+            piece = np.ascontiguousarray(value[..., start * scale : (start + limit) * scale])
+            part, state = self._call(graph, main, output, piece, state)
+            parts.append(part)
+        return np.concatenate(parts, axis=-1), state
+
+    def _call(
+        self, graph: str, main: str, output: str, value: np.ndarray, state: OnnxStreamState
+    ) -> tuple[np.ndarray, OnnxStreamState]:
+        """One graph call. A pool's state has its KV caches updated in place (input and output bound to one
+        buffer: no copy of the caches); any other state is left as it is."""
+        if state.spent:
+            raise EngineError(
+                "this stream pool state was already advanced (a pool's state is updated in place): use the state "
+                "the call returned"
+            )
         specs = self._states[graph]
-        feeds = {main: value, **{spec.input: array for spec, array in zip(specs, state.arrays)}}
-        outputs = self.session(graph).run([output, *(spec.output for spec in specs)], feeds)
-        return outputs[0], OnnxStreamState(graph, batch_size, outputs[1:])
+        session = self.session(graph)
+        in_place = self._in_place[graph] if state.owned else frozenset()
+        if not in_place:
+            feeds = {main: value, **{spec.input: array for spec, array in zip(specs, state.arrays)}}
+            outputs = session.run([output, *(spec.output for spec in specs)], feeds)
+            return outputs[0], OnnxStreamState(graph, state.batch_size, outputs[1:], state.ring, state.owned)
+        binding = session.io_binding()
+        binding.bind_cpu_input(main, value)
+        if main == "pcm":
+            result = np.empty(
+                (value.shape[0], self.config.num_levels, value.shape[2] // self.config.frame_size), np.int64
+            )
+        else:
+            result = np.empty((value.shape[0], 1, value.shape[2] * self.config.frame_size), np.float32)
+        _bind(binding, "output", output, result)
+        arrays = []
+        for spec, array in zip(specs, state.arrays):
+            if not (array.flags.c_contiguous and array.flags.writeable):
+                array = np.array(array, order="C")
+            _bind(binding, "input", spec.input, array)
+            target = array if spec.input in in_place else np.empty_like(array)
+            _bind(binding, "output", spec.output, target)
+            arrays.append(target)
+        session.run_with_iobinding(binding)
+        state.spent = True
+        return result, OnnxStreamState(graph, state.batch_size, arrays, state.ring, owned=True)
 
     # -- Engine ---------------------------------------------------------------------------------------------
     def encode(self, pcm: np.ndarray, state: Any | None, mode: CacheMode) -> tuple[np.ndarray, Any]:
@@ -236,18 +304,23 @@ class OnnxEngine(Engine):
                 f"{self.onnx_dir} was exported before stream pools (state {unbatched[0]} is shared by all rows); "
                 "re-export it with `mimistack export-onnx --force` (or delete it from the cache)"
             )
-        return self._initial(graph, batch_size)
+        return self._initial(graph, batch_size, POOL_RING_FRAMES, owned=True)
 
     def take_rows(self, state: OnnxStreamState, rows: Sequence[int]) -> OnnxStreamState:
         index = np.asarray(rows, dtype=np.intp)
-        return OnnxStreamState(state.graph, len(index), [array[index] for array in state.arrays])
+        arrays = [array[index] for array in state.arrays]
+        return OnnxStreamState(state.graph, len(index), arrays, state.ring, owned=True)
 
     def join_rows(self, states: Sequence[OnnxStreamState]) -> OnnxStreamState:
         graphs = {state.graph for state in states}
         if len(graphs) != 1:
             raise EngineError(f"cannot join states of different graphs: {sorted(graphs)}")
+        rings = {state.ring for state in states}
+        if len(rings) != 1:
+            raise EngineError(f"cannot join states whose KV cache rings differ in size: {sorted(map(str, rings))}")
         arrays = [np.concatenate(parts, axis=0) for parts in zip(*(state.arrays for state in states), strict=True)]
-        return OnnxStreamState(states[0].graph, sum(state.batch_size for state in states), arrays)
+        total = sum(state.batch_size for state in states)
+        return OnnxStreamState(states[0].graph, total, arrays, rings.pop(), owned=True)
 
     def put_rows(self, state: OnnxStreamState, rows: Sequence[int], part: OnnxStreamState) -> OnnxStreamState:
         index = np.asarray(rows, dtype=np.intp)
@@ -257,10 +330,16 @@ class OnnxEngine(Engine):
                 array = array.copy()
             array[index] = replacement
             arrays.append(array)
-        return OnnxStreamState(state.graph, state.batch_size, arrays)
+        return OnnxStreamState(state.graph, state.batch_size, arrays, state.ring, owned=True)
 
     def init_encoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
         return self._initial(self._stream_graph("encoder", mode), batch_size)
 
     def init_decoder_state(self, batch_size: int, mode: CacheMode) -> Any | None:
         return self._initial(self._stream_graph("decoder", mode), batch_size)
+
+
+def _bind(binding: Any, kind: str, name: str, array: np.ndarray) -> None:
+    """Bind `array`'s memory (C-contiguous, kept alive by the caller) as graph input or output `name`."""
+    bind = binding.bind_input if kind == "input" else binding.bind_output
+    bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)

@@ -7,6 +7,7 @@ made, since it needs torch), so that neither of them imports the other. The cach
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from .._files import cache_dir
 from ..weights import WeightsRef
 from .base import EngineError
 from .onnx import OnnxEngine
-from .onnx_format import MANIFEST_NAME, OnnxDirError
+from .onnx_format import FORMAT_VERSION, MANIFEST_NAME, OnnxDirError
 from .options import OnnxVariant
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def load_onnx_engine(
     folder = cached_export_dir(ref.sha256)
     if not (folder / MANIFEST_NAME).is_file():
         export_to_cache(ref, folder)
+    elif _stale(folder):
+        export_to_cache(ref, folder, replace=True)
     engine = OnnxEngine(folder, device=device, num_threads=num_threads, variant=variant, optimization=optimization)
     if engine.weights_sha256 != ref.sha256:
         raise OnnxDirError(
@@ -74,10 +77,21 @@ def load_onnx_engine(
     return engine
 
 
-def export_to_cache(ref: WeightsRef, folder: Path | None = None) -> Path:
-    """Export the graphs of `ref` into the cache (once; a concurrent exporter that wins is fine)."""
+def _stale(folder: Path) -> bool:
+    """Whether a cached export was made in an older format this version still reads (it is exported again, to get
+    the current graphs: format 2's stream graphs update their KV caches in place)."""
+    try:
+        version = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return False  # unreadable: OnnxEngine says what is wrong with it
+    return isinstance(version, int) and version < FORMAT_VERSION
+
+
+def export_to_cache(ref: WeightsRef, folder: Path | None = None, *, replace: bool = False) -> Path:
+    """Export the graphs of `ref` into the cache (once; a concurrent exporter that wins is fine). `replace`: an
+    export of an older format there is replaced."""
     folder = folder or cached_export_dir(ref.sha256)
-    if (folder / MANIFEST_NAME).is_file():
+    if (folder / MANIFEST_NAME).is_file() and not (replace and _stale(folder)):
         return folder
     from .export import ExportDependencyError, export_onnx, require_export_dependencies  # torch only when run
 
@@ -90,7 +104,7 @@ def export_to_cache(ref: WeightsRef, folder: Path | None = None) -> Path:
             folder,
         )
         folder.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(ref.path, folder, transformers_js=False)
+        export_onnx(ref.path, folder, transformers_js=False, force=replace)
     except ExportDependencyError as error:
         raise OnnxDirError(
             f"no exported ONNX graphs for weights {ref.source!r} (sha256 {ref.sha256[:16]}…) in {folder}, and "

@@ -20,7 +20,9 @@ from ..levels import CodebookTables
 from .base import CacheMode, EngineError
 
 FORMAT = "mimistack-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""Format 2: the window stream graphs keep their KV caches in a ring whose size the caller picks (a "ring" dim)."""
 MANIFEST_NAME = "manifest.json"
 CODEBOOKS_NAME = "codebooks.safetensors"
 TRANSFORMERS_JS_DIR = "transformers.js"
@@ -49,8 +51,8 @@ def graph_file(name: str, variant: str = "fp32") -> str:
 # -- the folder -----------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StateSpec:
-    """One state tensor of a stream graph. `shape` holds "batch" where the batch size goes; every state starts as
-    zeros."""
+    """One state tensor of a stream graph. `shape` holds "batch" where the batch size goes and "ring" where the
+    slot count of a ring KV cache goes (format 2 window graphs: see `ring_slots`); every state starts as zeros."""
 
     input: str
     output: str
@@ -64,9 +66,30 @@ class StateSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.input, "output": self.output, "shape": list(self.shape), "dtype": self.dtype, "initial": 0}
 
-    def zeros(self, batch_size: int) -> np.ndarray:
-        shape = tuple(batch_size if dim == "batch" else int(dim) for dim in self.shape)
-        return np.zeros(shape, dtype=np.dtype(self.dtype))
+    @property
+    def ringed(self) -> bool:
+        return "ring" in self.shape
+
+    def dims(self, batch_size: int, ring: int | None = None) -> tuple[int, ...]:
+        if self.ringed and ring is None:
+            raise EngineError(f"state {self.input} is a ring KV cache: its slot count is needed")
+        sizes = {"batch": batch_size, "ring": ring}
+        return tuple(int(sizes[dim]) if isinstance(dim, str) else int(dim) for dim in self.shape)  # type: ignore[arg-type]
+
+    def zeros(self, batch_size: int, ring: int | None = None) -> np.ndarray:
+        return np.zeros(self.dims(batch_size, ring), dtype=np.dtype(self.dtype))
+
+
+def ring_slots(ring: dict[str, int], frames_per_call: int) -> int:
+    """The ring size R a stream needs to take calls of up to `frames_per_call` frames with batch mode's window:
+    R >= context + T - 1 for T transformer steps per call. `ring` is a stream graph's manifest entry
+    `{"context": C, "steps_per_frame": S}`."""
+    return int(ring["context"]) + int(ring["steps_per_frame"]) * max(1, frames_per_call) - 1
+
+
+def ring_frames(ring: dict[str, int], slots: int) -> int:
+    """The most frames one call may take on a ring of `slots` slots (the inverse of `ring_slots`)."""
+    return (slots - int(ring["context"]) + 1) // int(ring["steps_per_frame"])
 
 
 def read_manifest(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,10 +110,11 @@ def read_manifest(onnx_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise OnnxDirError(f"{path} is not a mimistack ONNX manifest (format {found!r}, expected {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise OnnxDirError(
             f"{path} has format version {manifest.get('format_version')!r}; this mimistack reads "
-            f"version {FORMAT_VERSION}: re-export with this version (`mimistack export-onnx --force`)"
+            f"versions {' and '.join(map(str, READABLE_FORMAT_VERSIONS))}: re-export with this version "
+            "(`mimistack export-onnx --force`)"
         )
     missing = [key for key in ("config", "weights_sha256", "files", "streams", "opset") if key not in manifest]
     if missing:

@@ -60,20 +60,30 @@ class MimiModel(nn.Module):
     def _param(self) -> Tensor:
         return next(iter(self.parameters()))
 
-    def init_encoder_state(self, batch_size: int) -> State:
+    def init_encoder_state(self, batch_size: int, ring: int | None = None) -> State:
+        """The zero state; `ring`: the transformer's slot count for cache mode "ring-window"."""
         p = self._param()
         return tuple(
             t
             for m in (self.encoder, self.encoder_transformer, self.downsample)
-            for t in m.init_state(batch_size, p.device, p.dtype)
+            for t in (
+                m.init_state(batch_size, p.device, p.dtype, ring)
+                if m is self.encoder_transformer
+                else m.init_state(batch_size, p.device, p.dtype)
+            )
         )
 
-    def init_decoder_state(self, batch_size: int) -> State:
+    def init_decoder_state(self, batch_size: int, ring: int | None = None) -> State:
+        """The zero state; `ring`: the transformer's slot count for cache mode "ring-window"."""
         p = self._param()
         return tuple(
             t
             for m in (self.upsample, self.decoder_transformer, self.decoder)
-            for t in m.init_state(batch_size, p.device, p.dtype)
+            for t in (
+                m.init_state(batch_size, p.device, p.dtype, ring)
+                if m is self.decoder_transformer
+                else m.init_state(batch_size, p.device, p.dtype)
+            )
         )
 
     # -- encode ---------------------------------------------------------------------------------------------

@@ -75,6 +75,10 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, k, offset, self.max_period)
         start = offset.view(-1, 1)  # [B or 1, 1]
         pos_q = start + torch.arange(steps, device=x.device).view(1, -1)  # [B or 1, T]
+        if mode == "ring-window":
+            if cache is None:
+                raise ValueError("cache mode 'ring-window' needs an explicit state (init_state with ring=...)")
+            return self._ring_window(q, k, v, cache, start, pos_q)
         if mode == "ring" and cache is not None:
             keys, values, pos_k = self._ring_write(cache, k, v, start)
             new_cache: State = (keys, values)
@@ -95,6 +99,35 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, keys, values, mask)
         out = out.transpose(1, 2).reshape(batch, steps, dim)
         return self.out_proj(out), new_cache
+
+    def _ring_window(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: State, start: Tensor, pos_q: Tensor
+    ) -> tuple[Tensor, State]:
+        """Batch mode's window over a ring of R >= context + T - 1 slots, written in place of the oldest.
+
+        The cache is `(keys transposed [B, H, D, R], values [B, H, R, D])`: slot (offset + t) % R holds step
+        offset + t, so every key a query of this chunk may see (the last `context` steps) is still in the ring, and
+        the graph does no concatenation, slicing or transposing of the cache. ONNX Runtime writes a scatter whose
+        input and output share a buffer in place, so a state bound that way is never copied.
+        """
+        batch, heads, steps, head_dim = q.shape
+        keys_t, values = cache
+        slots = torch.arange(keys_t.shape[3], device=q.device).view(1, -1)
+        capacity = slots[:, -1:] + 1  # R as a tensor: the exporter has no remainder by a symbolic int
+        index = torch.remainder(start + torch.arange(steps, device=q.device).view(1, -1), capacity)
+        index = index.expand(batch, steps)
+        keys_t = keys_t.scatter(
+            3, index.view(batch, 1, 1, steps).expand(batch, heads, head_dim, steps), k.transpose(2, 3)
+        )
+        values = values.scatter(2, index.view(batch, 1, steps, 1).expand(batch, heads, steps, head_dim), v)
+        last = start + steps - 1  # [B or 1, 1]
+        pos_k = last - torch.remainder(last - slots, capacity)  # [B or 1, R]
+        delta = pos_q.unsqueeze(2) - pos_k.unsqueeze(1)  # [B or 1, T, R]
+        mask = ((pos_k.unsqueeze(1) >= 0) & (delta >= 0) & (delta < self.context)).unsqueeze(1)
+        scores = torch.matmul(q, keys_t) * (1.0 / math.sqrt(head_dim))
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        out = torch.matmul(weights, values).transpose(1, 2).reshape(batch, steps, heads * head_dim)
+        return self.out_proj(out), (keys_t, values)
 
     def _ring_write(self, cache: State, k: Tensor, v: Tensor, start: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Kyutai's ring KV cache: slot (offset + t) % context; returns keys, values, slot positions `[B or 1, C]`.
@@ -167,6 +200,8 @@ class ProjectedTransformer(nn.Module):
       see up to T-1 fewer old keys than in batch mode (moshi streaming behaves so too).
     - `"moshi-window"`: the ring's arithmetic with a time-ordered cache (same keys, other summation order): for
       graphs that cannot scatter (ONNX).
+    - `"ring-window"`: `"window"`'s attention over a ring of R >= context + T - 1 slots (`init_state(ring=R)`,
+      keys stored transposed), so a step writes T slots instead of copying the cache: the ONNX stream graphs.
     """
 
     def __init__(self, config: MimiConfig) -> None:
@@ -174,14 +209,19 @@ class ProjectedTransformer(nn.Module):
         self.config = config
         self.transformer = Transformer(config)
 
-    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype, ring: int | None = None) -> State:
+        """The zero state; `ring`: the slot count R of a "ring-window" state (keys stored transposed)."""
         cfg = self.config
-        shape = (batch_size, cfg.num_heads, cfg.context, cfg.dimension // cfg.num_heads)
-        caches = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * cfg.num_layers)]
+        head_dim = cfg.dimension // cfg.num_heads
+        if ring is None:
+            shapes = [(batch_size, cfg.num_heads, cfg.context, head_dim)] * 2
+        else:
+            shapes = [(batch_size, cfg.num_heads, head_dim, ring), (batch_size, cfg.num_heads, ring, head_dim)]
+        caches = [torch.zeros(shapes[i % 2], device=device, dtype=dtype) for i in range(2 * cfg.num_layers)]
         return (torch.zeros(batch_size, device=device, dtype=torch.long), *caches)
 
     def forward(self, x: Tensor, state: State | None = None, mode: str = "window") -> tuple[Tensor, State]:
-        if mode not in ("window", "ring", "moshi-window"):
+        if mode not in ("window", "ring", "moshi-window", "ring-window"):
             raise ValueError(f"unknown cache mode {mode!r}")
         x = x.transpose(1, 2)
         offset = torch.zeros(x.shape[0], device=x.device, dtype=torch.long) if state is None else state[0]

@@ -39,6 +39,8 @@ export interface GraphSpec {
   output: string;
   states: StateSpec[];
   external_data?: string[];
+  /** The most frames one call may take: the states' ring KV caches are sized for this many. */
+  max_frames_per_call?: number;
 }
 
 export interface FileSpec {

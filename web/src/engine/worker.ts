@@ -32,6 +32,11 @@ interface Graph {
   initial: Feeds;
   /** state_in name -> the output that carries its next value. */
   stateOutputs: Record<string, string>;
+  /** The most frames one call may take (a ring KV cache sized for them: the manifest's max_frames_per_call); 0: any. */
+  maxFrames: number;
+  /** Samples of the input's last axis per frame (frame_size for pcm, 1 for a latent). */
+  frameScale: number;
+  tensor: (type: 'float32', data: Float32Array, dims: number[]) => Ort.Tensor;
 }
 
 interface Loaded {
@@ -176,7 +181,11 @@ async function load(options: InitOptions, progress: (p: Progress) => void): Prom
       initial[state.name] = zeros(ort, state.dtype, state.shape.map((d) => (typeof d === 'number' ? d : 1)));
     }
     const stateOutputs = Object.fromEntries(spec.states.map((state) => [state.name, state.output]));
-    return { session: await open(spec), input: spec.input, output: spec.output, initial, stateOutputs };
+    return {
+      session: await open(spec), input: spec.input, output: spec.output, initial, stateOutputs,
+      maxFrames: Number(spec.max_frames_per_call ?? 0), frameScale: spec.input === 'pcm' ? Number(manifest.frame_size) : 1,
+      tensor: (type, data, dims) => new ort.Tensor(type, data, dims),
+    };
   };
   const encoder = await graph(encoderSpec);
   const decoder = await graph(decoderSpec);
@@ -220,7 +229,48 @@ function zeros(ort: OrtModule, dtype: string, shape: number[]): Ort.Tensor {
 
 // -- compute -------------------------------------------------------------------------------------------------------
 /** Run a graph; for a streaming graph `state` is consumed and the next state returned with the output. */
+/** One graph call; an input longer than the graph's `maxFrames` goes through in calls of at most that many frames
+ * (its KV cache ring holds that many), the outputs joined on their last axis. */
 async function run(graph: Graph, value: Ort.Tensor, state: Feeds): Promise<[Ort.Tensor, Feeds]> {
+  const dims = value.dims;
+  const frames = dims[dims.length - 1] / graph.frameScale;
+  if (!graph.maxFrames || frames <= graph.maxFrames) return runOnce(graph, value, state);
+  const data = value.data as Float32Array;
+  const rows = data.length / dims[dims.length - 1];
+  const pieces: Ort.Tensor[] = [];
+  let current = state;
+  for (let start = 0; start < frames; start += graph.maxFrames) {
+    const from = start * graph.frameScale;
+    const length = Math.min(graph.maxFrames, frames - start) * graph.frameScale;
+    const part = new Float32Array(rows * length);
+    for (let r = 0; r < rows; r++) part.set(data.subarray(r * dims[dims.length - 1] + from, r * dims[dims.length - 1] + from + length), r * length);
+    const [output, next] = await runOnce(graph, graph.tensor('float32', part, [...dims.slice(0, -1), length]), current);
+    pieces.push(output);
+    current = next;
+  }
+  return [joinLast(pieces), current];
+}
+
+/** Tensors [.., L_i] joined on their last axis (same leading dims and type). */
+function joinLast(pieces: Ort.Tensor[]): Ort.Tensor {
+  const lead = pieces[0].dims.slice(0, -1);
+  const rows = lead.reduce((a, b) => a * b, 1);
+  const lengths = pieces.map((piece) => piece.dims[piece.dims.length - 1]);
+  const total = lengths.reduce((a, b) => a + b, 0);
+  const first = pieces[0].data as Float32Array | BigInt64Array | Int32Array;
+  const out = new (first.constructor as new (size: number) => typeof first)(rows * total);
+  let offset = 0;
+  pieces.forEach((piece, index) => {
+    const data = piece.data as typeof first;
+    const length = lengths[index];
+    for (let r = 0; r < rows; r++) (out as Float32Array).set(data.subarray(r * length, (r + 1) * length) as Float32Array, r * total + offset);
+    offset += length;
+  });
+  return new (pieces[0].constructor as new (type: Ort.Tensor.Type, data: typeof first, dims: number[]) => Ort.Tensor)(
+    pieces[0].type, out, [...lead, total]);
+}
+
+async function runOnce(graph: Graph, value: Ort.Tensor, state: Feeds): Promise<[Ort.Tensor, Feeds]> {
   const outputs = await graph.session.run({ [graph.input]: value, ...state });
   const next: Feeds = {};
   for (const name of Object.keys(state)) {

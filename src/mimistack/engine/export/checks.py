@@ -17,6 +17,7 @@ from ..onnx_format import (
     TRANSFORMERS_JS_DIR,
     StateSpec,
     graph_file,
+    ring_slots,
 )
 from .common import CHECK_FRAMES, VARIANT_SIGNAL_SECONDS, ExportError
 
@@ -54,8 +55,12 @@ def _run_stream(
     specs: Sequence[StateSpec],
     chunks: Sequence[int],
     frame_size: int,
+    ring: dict[str, int] | None = None,
 ) -> np.ndarray:
-    state = [spec.zeros(value.shape[0]) for spec in specs]
+    """Stream `value` through a graph from zero state in `chunks` frames a call (`ring`: the graph's ring entry,
+    for states with a "ring" dim, sized for the largest chunk)."""
+    slots = ring_slots(ring, max(chunks)) if ring is not None else None
+    state = [spec.zeros(value.shape[0], slots) for spec in specs]
     scale = frame_size if main == "pcm" else 1
     parts, start = [], 0
     for count in chunks:
@@ -99,12 +104,14 @@ def _check_graphs(
                 specs = [StateSpec.from_dict(s) for s in spec["states"]]
                 session = _session(folder / f"{graph}.onnx")
                 if spec["direction"] == "encoder":
-                    out = _run_stream(session, "pcm", "codes", pcm, specs, chunks, config.frame_size)
+                    out = _run_stream(session, "pcm", "codes", pcm, specs, chunks, config.frame_size, spec.get("ring"))
                     agreement = float((out == codes_ref).mean())
                     worst_agreement = min(worst_agreement, agreement)
                     results[f"{graph}_{chunks}"] = {"codes_agreement": agreement}
                 else:
-                    out = _run_stream(session, "latent", "pcm", latent.numpy(), specs, chunks, config.frame_size)
+                    out = _run_stream(
+                        session, "latent", "pcm", latent.numpy(), specs, chunks, config.frame_size, spec.get("ring")
+                    )
                     error = _relative_l2(out, audio_ref)
                     worst_audio = max(worst_audio, error)
                     results[f"{graph}_{chunks}"] = {"audio_relative_l2": error}

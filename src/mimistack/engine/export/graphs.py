@@ -52,9 +52,12 @@ def _names_used(graph: Any) -> set[str]:
     return names
 
 
-def _bind_initial_state(onnx: Any, stream: Any, main_input: str, specs: Sequence[StateSpec]) -> Any:
+def _bind_initial_state(
+    onnx: Any, stream: Any, main_input: str, specs: Sequence[StateSpec], ring: tuple[int, int, int] | None = None
+) -> Any:
     """The batch graph: a stream graph whose state inputs are zeros made in the graph (batch from the main input)
-    and whose state outputs are gone."""
+    and whose state outputs are gone. `ring = (mul, div, add)`: a ring KV cache gets `length * mul / div + add`
+    slots, `length` being the main input's last dim (the whole input in one call, with batch mode's window)."""
     helper = onnx.helper
     model = onnx.ModelProto()
     model.CopyFrom(stream)
@@ -64,21 +67,32 @@ def _bind_initial_state(onnx: Any, stream: Any, main_input: str, specs: Sequence
     inputs = [i for i in graph.input if i.name not in state_inputs]
     outputs = [o for o in graph.output if o.name not in state_outputs]
     nodes = [helper.make_node("Shape", [main_input], ["bind/batch"], start=0, end=1, name="bind/batch")]
+
+    def constant(name: str, values: Sequence[int]) -> str:
+        tensor = helper.make_tensor(name, onnx.TensorProto.INT64, [len(values)], list(values))
+        nodes.append(helper.make_node("Constant", [], [name], value=tensor, name=name))
+        return name
+
+    if ring is not None and any(spec.ringed for spec in specs):
+        mul, div, add = ring
+        nodes.append(helper.make_node("Shape", [main_input], ["bind/length"], start=2, end=3, name="bind/length"))
+        nodes.append(helper.make_node("Mul", ["bind/length", constant("bind/ring_mul", [mul])], ["bind/ring_m"]))
+        nodes.append(helper.make_node("Div", ["bind/ring_m", constant("bind/ring_div", [div])], ["bind/ring_d"]))
+        nodes.append(helper.make_node("Add", ["bind/ring_d", constant("bind/ring_add", [add])], ["bind/ring"]))
     for spec in specs:
         dtype = _onnx_dtype(onnx, spec.dtype)
-        if spec.shape and spec.shape[0] == "batch":
-            rest = helper.make_tensor(
-                f"bind/{spec.input}/rest",
-                onnx.TensorProto.INT64,
-                [len(spec.shape) - 1],
-                [int(d) for d in spec.shape[1:]],
-            )
-            nodes.append(helper.make_node("Constant", [], [f"bind/{spec.input}/rest"], value=rest))
-            nodes.append(
-                helper.make_node(
-                    "Concat", ["bind/batch", f"bind/{spec.input}/rest"], [f"bind/{spec.input}/shape"], axis=0
-                )
-            )
+        if any(isinstance(dim, str) for dim in spec.shape):
+            parts = []
+            for axis, dim in enumerate(spec.shape):
+                if dim == "batch":
+                    parts.append("bind/batch")
+                elif dim == "ring":
+                    if ring is None:
+                        raise ValueError(f"state {spec.input} is a ring KV cache: its batch graph needs `ring`")
+                    parts.append("bind/ring")
+                else:
+                    parts.append(constant(f"bind/{spec.input}/dim{axis}", [int(dim)]))
+            nodes.append(helper.make_node("Concat", parts, [f"bind/{spec.input}/shape"], axis=0))
             nodes.append(
                 helper.make_node(
                     "ConstantOfShape",
@@ -100,6 +114,31 @@ def _bind_initial_state(onnx: Any, stream: Any, main_input: str, specs: Sequence
     graph.node.extend(nodes + body)
     _prune(onnx, graph)
     return model
+
+
+def _in_place_states(model: Any, specs: Sequence[StateSpec]) -> list[str]:
+    """The state inputs a run may update in place: their values are read by one node only, a ScatterElements
+    whose output is the matching state output (ONNX Runtime's scatter skips its copy when input and output share
+    a buffer, and no other node reads the old values, so binding both to one buffer is safe). `Shape` and `Size`
+    read no values (the ring's slot count comes from one)."""
+    readers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Shape", "Size"):
+            continue
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = []
+    for spec in specs:
+        nodes = readers.get(spec.input, [])
+        if (
+            len(nodes) == 1
+            and nodes[0].op_type == "ScatterElements"
+            and list(nodes[0].input).count(spec.input) == 1
+            and nodes[0].input[0] == spec.input
+            and list(nodes[0].output) == [spec.output]
+        ):
+            found.append(spec.input)
+    return found
 
 
 def _rename(graph: Any, old: str, new: str) -> None:

@@ -111,13 +111,21 @@ def _quiet_exporter() -> Iterator[None]:
             log.setLevel(level)
 
 
-def _state_layout(model: Any, direction: str) -> tuple[list[Any], list[bool], tuple[int, ...]]:
-    """Initial state at batch size 2, which tensors carry the batch on dim 0, and which start as ones."""
+def _state_layout(
+    model: Any, direction: str, ring: int | None
+) -> tuple[list[Any], list[bool], list[int | None], tuple[int, ...]]:
+    """Initial state at batch size 2, which tensors carry the batch on dim 0, which dim of each is the ring of a
+    "ring-window" KV cache (None: no ring), and which start as ones."""
     init = model.init_encoder_state if direction == "encoder" else model.init_decoder_state
-    two, three = init(2), init(3)
+    two, three = init(2, ring), init(3, ring)
     batched = [a.shape != b.shape for a, b in zip(two, three)]
+    ringed: list[int | None] = [None] * len(two)
+    if ring is not None:
+        for i, (a, b) in enumerate(zip(two, init(2, ring + 1))):
+            differs = [d for d, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+            ringed[i] = differs[0] if differs else None
     inverted = tuple(i for i, t in enumerate(init(1)) if t.numel() and bool((t == 1).all()))
-    return list(two), batched, inverted
+    return list(two), batched, ringed, inverted
 
 
 def _export_stream(model: Any, direction: str, mode: str, opset: int) -> tuple[Any, list[StateSpec]]:
@@ -126,13 +134,17 @@ def _export_stream(model: Any, direction: str, mode: str, opset: int) -> tuple[A
 
     encoder_step, decoder_step = _modules()
     config: MimiConfig = model.config
-    state, batched, inverted = _state_layout(model, direction)
-    torch_mode = "window" if mode == "window" else "moshi-window"
+    frames_example = 2
+    # "window" graphs keep their KV caches in a ring of R slots (R a dim of the state, chosen by the caller); an
+    # example ring that fits the example's steps and equals no other dim.
+    ring = config.context + config.downsample_stride * frames_example + 5 if mode == "window" else None
+    state, batched, ringed, inverted = _state_layout(model, direction, ring)
+    torch_mode = "ring-window" if mode == "window" else "moshi-window"
     wrapper = (encoder_step if direction == "encoder" else decoder_step)(model, direction, torch_mode, inverted).eval()
     example_state = [1 - t if i in inverted else t for i, t in enumerate(state)]
-    frames_example = 2
     batch = torch.export.Dim("batch", min=1)
     frames = torch.export.Dim("frames", min=1)
+    ring_dim = torch.export.Dim("ring", min=2)
     if direction == "encoder":
         main_name, out_name = "pcm", "latent"
         main = torch.randn(2, 1, frames_example * config.frame_size) * 0.1
@@ -141,13 +153,21 @@ def _export_stream(model: Any, direction: str, mode: str, opset: int) -> tuple[A
         main_name, out_name = "latent", "pcm"
         main = torch.randn(2, config.dimension, frames_example)
         main_dims = {0: batch, 2: frames}
-    dynamic = {main_name: main_dims, "state": tuple({0: batch} if b else None for b in batched)}
+    state_dims = []
     specs = []
-    for i, (tensor, is_batched) in enumerate(zip(state, batched)):
-        shape: tuple[int | str, ...] = tuple(tensor.shape)
+    for i, (tensor, is_batched, ring_axis) in enumerate(zip(state, batched, ringed)):
+        dims: dict[int, Any] = {0: batch} if is_batched else {}
+        shape: list[int | str] = list(tensor.shape)
         if is_batched:
-            shape = ("batch", *shape[1:])
-        specs.append(StateSpec(f"state_in_{i}", f"state_out_{i}", shape, str(tensor.dtype).removeprefix("torch.")))
+            shape[0] = "batch"
+        if ring_axis is not None:
+            dims[ring_axis] = ring_dim
+            shape[ring_axis] = "ring"
+        state_dims.append(dims or None)
+        specs.append(
+            StateSpec(f"state_in_{i}", f"state_out_{i}", tuple(shape), str(tensor.dtype).removeprefix("torch."))
+        )
+    dynamic = {main_name: main_dims, "state": tuple(state_dims)}
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             wrapper,

@@ -34,7 +34,7 @@ from ..._files import publish_dir, staging_dir
 from ..._version import __version__
 from ...config import MimiConfig
 from ...levels import CodebookTables, latent_from_codes
-from ..onnx_format import CODEBOOKS_NAME, StateSpec, check_files, load_codebooks, read_manifest
+from ..onnx_format import CODEBOOKS_NAME, StateSpec, check_files, load_codebooks, read_manifest, ring_slots
 from .checks import _check_signal, _run_stream, _session
 from .common import VARIANT_SIGNAL_SECONDS, ExportError
 from .writer import _file_entry
@@ -220,8 +220,24 @@ class _Runner:
         return _run_stream(self.decoder, "latent", "pcm", latent, self.specs["decoder"], _chunks(latent.shape[-1]), 1)
 
 
-def _chunks(frames: int, size: int = 50) -> list[int]:
-    """The page's chunking of a file (50 frames a call)."""
+PAGE_CHUNK_FRAMES = 50
+"""The most frames the page gives one graph call (`web/src/engine/worker.ts`: CHUNK_FRAMES)."""
+
+
+def _page_states(stream: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stream graph's states for the page: a ring KV cache gets the slot count that calls of up to
+    `PAGE_CHUNK_FRAMES` frames need, written as a number (the page makes every state from its manifest shape)."""
+    ring = stream.get("ring")
+    if ring is None:
+        return list(stream["states"])
+    slots = ring_slots(ring, PAGE_CHUNK_FRAMES)
+    return [
+        {**state, "shape": [slots if dim == "ring" else dim for dim in state["shape"]]} for state in stream["states"]
+    ]
+
+
+def _chunks(frames: int, size: int = PAGE_CHUNK_FRAMES) -> list[int]:
+    """The page's chunking of a file (`PAGE_CHUNK_FRAMES` frames a call)."""
     return [min(size, frames - start) for start in range(0, frames, size)]
 
 
@@ -260,7 +276,7 @@ class _Source:
         tables = load_codebooks(folder / CODEBOOKS_NAME)
         streams = manifest["streams"]
         specs = {
-            direction: [StateSpec.from_dict(s) for s in streams[file.removesuffix(".onnx")]["states"]]
+            direction: [StateSpec.from_dict(s) for s in _page_states(streams[file.removesuffix(".onnx")])]
             for direction, file in GRAPH_FILES.items()
         }
         runner = _Runner(folder, specs, config)
@@ -357,7 +373,8 @@ def _write_bundle(source: _Source, bundle: str, target: Path) -> dict[str, Any]:
                 "file": file,
                 "input": stream["input"],
                 "output": stream["output"],
-                "states": stream["states"],
+                "states": _page_states(stream),
+                "max_frames_per_call": PAGE_CHUNK_FRAMES,
                 "external_data": [CODEBOOKS_FILE] if direction == "encoder" else [],
             }
         files = {name: _file_entry(staging / name) for name in (*GRAPH_FILES.values(), CODEBOOKS_FILE)}

@@ -34,7 +34,7 @@ from ..onnx_format import (
 from .checks import _check_graphs, _variant_errors
 from .common import DEFAULT_OPSET, STREAM_MODES, ExportError, ExportResult
 from .embed import _embed_model
-from .graphs import _bind_initial_state
+from .graphs import _bind_initial_state, _in_place_states
 from .trace import _build_model, _export_stream, _with_quantizer, require_export_dependencies
 from .transformers_js import (
     PREPROCESSOR_CONFIG,
@@ -160,9 +160,25 @@ def export_onnx(
                     "output": output,
                     "states": [s.to_dict() for s in state_specs[name]],
                 }
+                if any(spec.ringed for spec in state_specs[name]):
+                    streams[name]["ring"] = {"context": config.context, "steps_per_frame": config.downsample_stride}
         step_started = time.perf_counter()
-        traced["encoder"] = _bind_initial_state(onnx, traced["encoder_stream"], "pcm", state_specs["encoder_stream"])
-        traced["decoder"] = _bind_initial_state(onnx, traced["decoder_stream"], "latent", state_specs["decoder_stream"])
+        # The batch graphs: one call takes the whole input, so the ring holds every step (and the context before).
+        traced["encoder"] = _bind_initial_state(
+            onnx,
+            traced["encoder_stream"],
+            "pcm",
+            state_specs["encoder_stream"],
+            (1, config.hop_length, config.context - 1),
+        )
+        traced["decoder"] = _bind_initial_state(
+            onnx,
+            traced["decoder_stream"],
+            "latent",
+            state_specs["decoder_stream"],
+            (config.downsample_stride, 1, config.context - 1),
+        )
+        in_place: dict[str, dict[str, list[str]]] = {}
 
         def write_variant(variant: str) -> list[str]:
             """Convert the traced graphs (fp16/int8), add the hand-written fp32 parts, save; returns the names."""
@@ -176,6 +192,8 @@ def export_onnx(
                 elif variant == "int8":
                     graph = _int8(onnx, graph, staging)
                 graphs[name] = _with_quantizer(onnx, graph, model) if name.startswith("encoder") else graph
+                if name in streams:
+                    in_place.setdefault(variant, {})[name] = _in_place_states(graphs[name], state_specs[name])
             files = {graph_file(name, variant): (graphs[name], name) for name in names}
             if variant == "fp32":
                 files["embed.onnx"] = (_embed_model(onnx, tables, opset, traced["encoder"].ir_version), "embed")
@@ -217,11 +235,12 @@ def export_onnx(
             checks = _check_graphs(model, staging, streams, tables, transformers_js)
             seconds["check"] = time.perf_counter() - step_started
 
-        variant_report: dict[str, Any] = {"fp32": {"graphs": fp32_graphs}}
+        variant_report: dict[str, Any] = {"fp32": {"graphs": fp32_graphs, "in_place": in_place["fp32"]}}
         for variant in wanted[1:]:
             step_started = time.perf_counter()
             variant_report[variant] = {
                 "graphs": write_variant(variant),
+                "in_place": in_place[variant],
                 "errors_vs_fp32": _variant_errors(staging, variant, config, tables),
             }
             seconds[f"variant_{variant}"] = time.perf_counter() - step_started
