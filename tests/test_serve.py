@@ -193,6 +193,29 @@ def test_admission_control_refuses_the_stream_over_capacity(fake: Codec) -> None
     run(scenario())
 
 
+def test_real_time_streams_at_different_phases_share_each_step(fake: Codec) -> None:
+    """Clients send at their own phases; a step waits (up to half a frame, so a stream that stops sending delays
+    the others by no more) for the streams that have not sent their frame yet, so one step takes all of them."""
+
+    async def scenario(gather_s: float) -> list[int]:
+        async with start_server(fake, gather_s=gather_s) as server:
+
+            async def late(index: int) -> streams.Result:
+                await asyncio.sleep(0.015 * index)  # 0, 15 and 30 ms behind the first: within the wait
+                return await streams.encode(server.uri, clip(index, 1.6))
+
+            results = await asyncio.gather(*(late(i) for i in range(3)))
+            for index, result in enumerate(results):
+                np.testing.assert_array_equal(result.codes, fake.encode(clip(index, 1.6)).codes)
+            return [rows for _, rows, _ in server.hub.step_times]
+
+    together = run(scenario(0.04))
+    steady = together[4:-4]  # past the joins, before the ends
+    assert steady and all(rows == 3 for rows in steady), together
+    alone = run(scenario(0.0))  # without the wait, frames are stepped as they come
+    assert sum(rows < 3 for rows in alone[4:-4]) > len(alone) // 4, alone
+
+
 @pytest.mark.parametrize(
     ("path", "messages", "error", "code"),
     [

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..codec import Codec
 from ..engine.base import CacheMode
 from ..stream.net import check_listen_host, require_websockets, warm_up
-from .hub import Disconnected, StreamHub
+from .hub import GATHER_S, Disconnected, StreamHub
 from .wire import ServerLimits
 
 if TYPE_CHECKING:
@@ -75,13 +75,15 @@ async def start_server(
     mode: CacheMode = "window",
     *,
     allow_remote: bool = False,
+    gather_s: float = GATHER_S,
 ) -> AsyncIterator[RunningServer]:
-    """Serve until the block ends (port 0: any free port; see `RunningServer.uri`)."""
+    """Serve until the block ends (port 0: any free port; see `RunningServer.uri`). `gather_s`: how long a step
+    waits for streams that have not sent their frame yet (`hub.GATHER_S`; 0: step at once)."""
     require_websockets()
     from websockets.asyncio.server import serve
 
     check_listen_host(host, allow_remote)
-    hub = StreamHub(codec, limits, mode)
+    hub = StreamHub(codec, limits, mode, gather_s=gather_s)
     await hub.start()
 
     async def handler(connection: ServerConnection) -> None:
