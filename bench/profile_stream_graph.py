@@ -30,12 +30,15 @@ def main() -> int:
     args = parser.parse_args()
     import onnxruntime as ort
 
+    from mimistack.engine.onnx import _bind  # the engine's own binding of a numpy buffer
+    from mimistack.engine.onnx_format import ring_slots
+
     folder = Path(args.onnx)
     manifest = json.loads((folder / "manifest.json").read_text())
     spec = manifest["streams"][args.graph]
     # As a stream pool runs it: rings sized for one frame a call, the KV caches updated in place.
     ring = spec.get("ring")
-    slots = ring["context"] + ring["steps_per_frame"] - 1 if ring else None
+    slots = ring_slots(ring, 1) if ring else None
     in_place = set(manifest.get("variants", {}).get("fp32", {}).get("in_place", {}).get(args.graph, []))
     options = ort.SessionOptions()
     options.enable_profiling = True
@@ -52,22 +55,18 @@ def main() -> int:
     out_shape = (batch, manifest["num_levels"], 1) if args.graph.startswith("encoder") else (batch, 1, 1920)
     result = np.empty(out_shape, np.int64 if args.graph.startswith("encoder") else np.float32)
 
-    def bind(kind: str, name: str, array: np.ndarray) -> None:
-        method = binding.bind_input if kind == "input" else binding.bind_output
-        method(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-
     times = []
     for _ in range(args.steps):
         started = time.perf_counter()
         binding = session.io_binding()
-        bind("input", spec["input"], value)
-        bind("output", spec["output"], result)
+        _bind(binding, "input", spec["input"], value)
+        _bind(binding, "output", spec["output"], result)
         following = {}
         for s in spec["states"]:
             array = state[s["name"]]
-            bind("input", s["name"], array)
+            _bind(binding, "input", s["name"], array)
             following[s["name"]] = array if s["name"] in in_place else np.empty_like(array)
-            bind("output", s["output"], following[s["name"]])
+            _bind(binding, "output", s["output"], following[s["name"]])
         session.run_with_iobinding(binding)
         times.append(time.perf_counter() - started)
         state = following

@@ -71,10 +71,16 @@ class StateSpec:
         return "ring" in self.shape
 
     def dims(self, batch_size: int, ring: int | None = None) -> tuple[int, ...]:
-        if self.ringed and ring is None:
-            raise EngineError(f"state {self.input} is a ring KV cache: its slot count is needed")
-        sizes = {"batch": batch_size, "ring": ring}
-        return tuple(int(sizes[dim]) if isinstance(dim, str) else int(dim) for dim in self.shape)  # type: ignore[arg-type]
+        """The shape of this state for `batch_size` rows and rings of `ring` slots."""
+        sizes: list[int] = []
+        for dim in self.shape:
+            if dim == "ring":
+                if ring is None:
+                    raise EngineError(f"state {self.input} is a ring KV cache: its slot count is needed")
+                sizes.append(ring)
+            else:
+                sizes.append(batch_size if dim == "batch" else int(dim))
+        return tuple(sizes)
 
     def zeros(self, batch_size: int, ring: int | None = None) -> np.ndarray:
         return np.zeros(self.dims(batch_size, ring), dtype=np.dtype(self.dtype))

@@ -62,26 +62,20 @@ class MimiModel(nn.Module):
 
     def init_encoder_state(self, batch_size: int, ring: int | None = None) -> State:
         """The zero state; `ring`: the transformer's slot count for cache mode "ring-window"."""
-        p = self._param()
-        return tuple(
-            t
-            for m in (self.encoder, self.encoder_transformer, self.downsample)
-            for t in (
-                m.init_state(batch_size, p.device, p.dtype, ring)
-                if m is self.encoder_transformer
-                else m.init_state(batch_size, p.device, p.dtype)
-            )
-        )
+        return self._zeros((self.encoder, self.encoder_transformer, self.downsample), batch_size, ring)
 
     def init_decoder_state(self, batch_size: int, ring: int | None = None) -> State:
         """The zero state; `ring`: the transformer's slot count for cache mode "ring-window"."""
+        return self._zeros((self.upsample, self.decoder_transformer, self.decoder), batch_size, ring)
+
+    def _zeros(self, stages: tuple[Any, ...], batch_size: int, ring: int | None) -> State:
         p = self._param()
         return tuple(
             t
-            for m in (self.upsample, self.decoder_transformer, self.decoder)
+            for m in stages
             for t in (
                 m.init_state(batch_size, p.device, p.dtype, ring)
-                if m is self.decoder_transformer
+                if isinstance(m, ProjectedTransformer)
                 else m.init_state(batch_size, p.device, p.dtype)
             )
         )

@@ -53,11 +53,16 @@ def _names_used(graph: Any) -> set[str]:
 
 
 def _bind_initial_state(
-    onnx: Any, stream: Any, main_input: str, specs: Sequence[StateSpec], ring: tuple[int, int, int] | None = None
+    onnx: Any,
+    stream: Any,
+    main_input: str,
+    specs: Sequence[StateSpec],
+    ring: dict[str, int] | None = None,
+    per_frame: int = 1,
 ) -> Any:
     """The batch graph: a stream graph whose state inputs are zeros made in the graph (batch from the main input)
-    and whose state outputs are gone. `ring = (mul, div, add)`: a ring KV cache gets `length * mul / div + add`
-    slots, `length` being the main input's last dim (the whole input in one call, with batch mode's window)."""
+    and whose state outputs are gone. `ring`: the stream graph's ring entry; its KV caches get the slots
+    (`onnx_format.ring_slots`) of one call of the whole input, whose last dim holds `per_frame` values a frame."""
     helper = onnx.helper
     model = onnx.ModelProto()
     model.CopyFrom(stream)
@@ -74,7 +79,7 @@ def _bind_initial_state(
         return name
 
     if ring is not None and any(spec.ringed for spec in specs):
-        mul, div, add = ring
+        mul, div, add = int(ring["steps_per_frame"]), per_frame, int(ring["context"]) - 1
         nodes.append(helper.make_node("Shape", [main_input], ["bind/length"], start=2, end=3, name="bind/length"))
         nodes.append(helper.make_node("Mul", ["bind/length", constant("bind/ring_mul", [mul])], ["bind/ring_m"]))
         nodes.append(helper.make_node("Div", ["bind/ring_m", constant("bind/ring_div", [div])], ["bind/ring_d"]))

@@ -169,14 +169,15 @@ def export_onnx(
             traced["encoder_stream"],
             "pcm",
             state_specs["encoder_stream"],
-            (1, config.hop_length, config.context - 1),
+            streams["encoder_stream"].get("ring"),
+            config.frame_size,
         )
         traced["decoder"] = _bind_initial_state(
             onnx,
             traced["decoder_stream"],
             "latent",
             state_specs["decoder_stream"],
-            (config.downsample_stride, 1, config.context - 1),
+            streams["decoder_stream"].get("ring"),
         )
         in_place: dict[str, dict[str, list[str]]] = {}
 
