@@ -52,3 +52,23 @@ def test_browser_engine_agrees_with_torch(tmp_path: Path, tiny_checkpoint: Path,
     report = json.loads((tmp_path / "report" / "parity.json").read_text())
     entry = next(item for item in report["implementations"] if item["name"] == "browser")
     assert entry["status"]["state"] == "ran" and len(entry["agreement"]) == 32
+
+
+def test_page_splits_a_call_longer_than_its_ring(tmp_path: Path, tiny_onnx_dir: Path) -> None:
+    """The bundle's KV cache rings hold 50 frames a call; a frame stream given 120 frames at once (a live stream
+    catching up) goes through in pieces and gives what the 50-frame chunks of a file give, bit for bit."""
+    from mimistack.analysis.browser import BrowserRunner
+
+    frames = 120
+    pcm = np.resize(load_audio(speech_file("flite_awb")), frames * 1920).astype(np.float32)
+    runner = BrowserRunner(tiny_onnx_dir, tmp_path)
+    try:
+        codes = runner.encode(pcm)
+        assert codes.shape == (32, frames)
+        np.testing.assert_array_equal(runner.encode(pcm, one_call=True), codes)
+        for levels in (8, 32):
+            chunked = runner.decode(codes[:levels])
+            assert chunked.shape == (frames * 1920,)
+            np.testing.assert_array_equal(runner.decode(codes[:levels], one_call=True), chunked)
+    finally:
+        runner.close()

@@ -43,9 +43,11 @@ try {
     if (!line.trim()) continue;
     try {
       const request = JSON.parse(line);
-      if (request.op === 'encode') reply(await page.evaluate((pcm) => window.mimistack.encodePcm(pcm), request.pcm));
-      else if (request.op === 'decode') {
-        reply({ pcm: await page.evaluate((r) => window.mimistack.decodeCodes(r.codes, r.numFrames, r.levels), request) });
+      const oneCall = request.oneCall === true; // the whole input in one frame-stream call
+      if (request.op === 'encode') {
+        reply(await page.evaluate(([pcm, one]) => (one ? window.mimistack.encodePcmOneCall(pcm) : window.mimistack.encodePcm(pcm)), [request.pcm, oneCall]));
+      } else if (request.op === 'decode') {
+        reply({ pcm: await page.evaluate(([r, one]) => (one ? window.mimistack.decodeCodesOneCall : window.mimistack.decodeCodes)(r.codes, r.numFrames, r.levels), [request, oneCall]) });
       } else reply({ error: `unknown op ${JSON.stringify(request.op)}` });
     } catch (error) {
       reply({ error: String(error?.message ?? error) });

@@ -106,16 +106,19 @@ class BrowserRunner:
         self._process.stdin.flush()
         return self._read()
 
-    def encode(self, pcm: NDArray[np.float32]) -> NDArray[np.int64]:
+    def encode(self, pcm: NDArray[np.float32], one_call: bool = False) -> NDArray[np.int64]:
+        """Codes `[levels, frames]`; `one_call`: through the frame stream in one call (the page splits it)."""
         data = base64.b64encode(np.ascontiguousarray(pcm, dtype="<f4").tobytes()).decode("ascii")
-        answer = self._ask({"op": "encode", "pcm": data})
+        answer = self._ask({"op": "encode", "pcm": data, "oneCall": one_call})
         codes = np.frombuffer(base64.b64decode(answer["codes"]), dtype="<u2")
         return codes.reshape(-1, int(answer["numFrames"])).astype(np.int64)
 
-    def decode(self, codes: NDArray[np.int64]) -> NDArray[np.float32]:
+    def decode(self, codes: NDArray[np.int64], one_call: bool = False) -> NDArray[np.float32]:
+        """pcm of the given levels' codes `[levels, frames]`; `one_call` as for `encode`."""
         levels, frames = codes.shape
         data = base64.b64encode(np.ascontiguousarray(codes, dtype="<u2").tobytes()).decode("ascii")
-        answer = self._ask({"op": "decode", "codes": data, "numFrames": frames, "levels": levels})
+        request = {"op": "decode", "codes": data, "numFrames": frames, "levels": levels, "oneCall": one_call}
+        answer = self._ask(request)
         return np.frombuffer(base64.b64decode(answer["pcm"]), dtype="<f4").astype(np.float32)
 
     def close(self) -> None:

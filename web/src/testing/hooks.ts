@@ -74,6 +74,26 @@ function makeHooks(bench?: typeof benchFunction) {
       const selection = LevelSelection.parse(levels === 1 ? '0' : `0-${levels - 1}`, model.numLevels);
       return float32Base64((await engine.decode(grid, selection)).pcm);
     },
+    /** As `encodePcm` and `decodeCodes`, but the whole input in one call of the frame streams (as a live stream
+     * that caught up does): the worker splits a call longer than the bundle's `max_frames_per_call`. */
+    encodePcmOneCall: async (pcm: string) => {
+      const engine = await readyEngine();
+      const frameSize = engine.description!.frameSize;
+      const bytes = base64ToBytes(pcm);
+      const given = new Float32Array(bytes.slice().buffer);
+      const padded = new Float32Array(Math.ceil(given.length / frameSize) * frameSize);
+      padded.set(given);
+      await engine.frameStreamReset('encoder');
+      const { codes, numFrames } = await engine.frameStreamEncode(padded);
+      return { codes: bytesToBase64(new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength)), numFrames };
+    },
+    decodeCodesOneCall: async (codes: string, numFrames: number, levels: number) => {
+      const engine = await readyEngine();
+      await engine.frameStreamReset('decoder');
+      const given = new Uint16Array(base64ToBytes(codes).slice().buffer);
+      const { pcm } = await engine.frameStreamDecode(given, numFrames, new Uint8Array(numFrames).fill(levels));
+      return float32Base64(pcm);
+    },
     /** Only on `?bench` pages (`testing/bench.ts`). */
     bench,
   };
